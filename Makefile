@@ -1,0 +1,39 @@
+# relay — developer entry points. `make demo` and `make test` are the README's first two commands.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STACK  := deploy/local/stack
+PYTEST_ARGS ?= -n auto
+
+.PHONY: venv stack-up stack-down stack-status test test-fast lint demo bench clean
+
+$(BIN)/relay: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/relay
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+## test: the whole suite against the real local stack (brings it up if needed)
+test: venv stack-up
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check relay tests benchmarks
+
+demo: venv stack-up
+	$(BIN)/python -m relay.demo
+
+clean:
+	$(STACK) down
+	rm -rf .stack

@@ -1,0 +1,3 @@
+"""relay: ScyllaDB CDC outbox → Kafka."""
+
+__version__ = "0.1.0"
