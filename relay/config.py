@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -301,7 +300,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a table (JSON object in the environment)") from None
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return types.MappingProxyType(dict(value))
+        return dict(value)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")

@@ -1,0 +1,1 @@
+"""One module per `relay` command; see relay/cli.py."""

@@ -1,0 +1,83 @@
+"""Building clients from config. Every process calls these after it starts (never before a spawn)."""
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from relay.config import Config
+from relay.errors import UserError
+
+
+def cql_session(cfg: Config, *, connect_timeout: float = 10.0):
+    """A connected Session at the configured consistency, with tuple rows on the hot path."""
+    from cassandra import ConsistencyLevel
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+    from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
+    from cassandra.query import tuple_factory
+
+    s = cfg.scylla
+    base = DCAwareRoundRobinPolicy(local_dc=s.local_dc) if s.local_dc else RoundRobinPolicy()
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(base),
+        consistency_level=ConsistencyLevel.name_to_value[s.consistency.upper()],
+        request_timeout=s.request_timeout_seconds,
+        row_factory=tuple_factory,
+    )
+    kwargs: dict[str, Any] = {
+        "contact_points": list(s.contact_points), "port": s.port,
+        "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
+        "connect_timeout": connect_timeout, "control_connection_timeout": connect_timeout,
+    }
+    if s.username:
+        kwargs["auth_provider"] = PlainTextAuthProvider(s.username, s.password)
+    if s.ssl_enabled:
+        ctx = ssl.create_default_context(cafile=s.ssl_ca_file or None)
+        if s.ssl_cert_file:
+            ctx.load_cert_chain(s.ssl_cert_file, s.ssl_key_file or None)
+        kwargs["ssl_context"] = ctx
+    cluster = Cluster(**kwargs)
+    try:
+        session = cluster.connect()
+    except NoHostAvailable as exc:
+        cluster.shutdown()
+        first = next(iter(exc.errors.values()), exc)
+        where = ", ".join(f"{h}:{s.port}" for h in s.contact_points)
+        raise UserError(f"cannot connect to Scylla/Cassandra at {where}: {_short(first)}") from None
+    session.default_fetch_size = s.fetch_size
+    return session
+
+
+def redis_client(cfg: Config):
+    """A Redis client that fails fast (no hidden 10-attempt retry loop): relay decides what an outage means."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    r = cfg.redis
+    return redis.Redis.from_url(
+        r.url, socket_timeout=r.socket_timeout_seconds, socket_connect_timeout=r.socket_timeout_seconds,
+        retry=Retry(NoBackoff(), 0), health_check_interval=10,
+    )
+
+
+def producer_config(cfg: Config, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings: relay's defaults (DESIGN §6), then the user's [kafka.producer] overrides."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "compression.type": "lz4",
+        "partitioner": "murmur2_random",
+        "message.timeout.ms": int(cfg.kafka.delivery_timeout_seconds * 1000),
+        "client.id": f"relay-{cfg.replica_id}",
+    }
+    conf.update(extra)
+    conf.update({k: v for k, v in cfg.kafka.producer.items()})
+    return conf
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,81 @@
+"""The data that flows through relay: tasks, CDC changes, outbox events (DESIGN §2, §3, §6)."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+# Kafka record headers (DESIGN §6): a contract with consumers and with `relay verify`.
+HEADER_ID = "id"
+HEADER_EVENT_TYPE = "event_type"
+HEADER_AGGREGATE_TYPE = "aggregate_type"
+HEADER_SOURCE = "relay_source"
+HEADER_CDC_TIME = "cdc_time"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A period with one stream set: a vnode generation (all tables) or a tablets table's stream set."""
+
+    table: str  # ks.table
+    start_us: int
+    end_us: int | None  # start of the next generation, once known
+    streams: tuple[bytes, ...]
+    tablets: bool
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.table, self.start_us
+
+
+@dataclass(frozen=True)
+class Task:
+    """The unit of work: one vnode's streams (or one tablet stream) of one table in one generation."""
+
+    table: str
+    generation_us: int
+    task_id: int
+    streams: tuple[bytes, ...]
+    end_us: int | None = None  # the generation's end, once the next one is known
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.table, self.generation_us, self.task_id
+
+
+@dataclass(frozen=True)
+class Change:
+    """One CDC group: the rows of one (stream, cdc$time) up to `cdc$end_of_batch`."""
+
+    stream_id: bytes
+    cdc_time: uuid.UUID
+    rows: tuple[dict[str, object], ...]  # column name -> value, in batch_seq_no order
+
+
+@dataclass
+class OutboxEvent:
+    """One Kafka record to publish, with the CDC identity it came from."""
+
+    source: str  # ks.table
+    stream_id: bytes
+    cdc_time: uuid.UUID
+    cdc_time_us: int
+    batch_seq_no: int
+    event_id: str
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    topic: str
+    key: bytes
+    payload: bytes | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple[bytes, uuid.UUID, int]:
+        """(stream, cdc$time, batch_seq_no): unique per CDC log row, used for dedup and dead letters."""
+        return self.stream_id, self.cdc_time, self.batch_seq_no
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        base = [(HEADER_ID, self.event_id), (HEADER_EVENT_TYPE, self.event_type),
+                (HEADER_AGGREGATE_TYPE, self.aggregate_type), (HEADER_SOURCE, self.source),
+                (HEADER_CDC_TIME, str(self.cdc_time_us))]
+        return [(k, v.encode()) for k, v in base] + [(k, v.encode()) for k, v in self.headers.items()]

@@ -1,0 +1,437 @@
+"""The supervisor (DESIGN §2): discovery → generation barrier → assignment → workers.
+
+Signal handlers only queue the signal; one `run()` loop does named steps: handle signals,
+discover, assign, read worker messages, reap, check heartbeats, publish status. Workers are
+spawned (never forked) and get their tasks over a control pipe.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from relay.assignment import assign
+from relay.config import Config, parse_start_from
+from relay.model import Generation, Task
+from relay.worker import CDC_TTL_DEFAULT_S, EXIT_BOOT_ERROR, worker_main
+
+log = logging.getLogger("relay.supervisor")
+
+LOOP_INTERVAL_S = 0.1
+CHECKPOINT_REFRESH_S = 2.0
+HEALTHY_AFTER_S = 60.0  # a worker alive this long has its restart backoff reset
+
+
+@dataclass
+class Slot:
+    index: int
+    process: mp.process.BaseProcess | None = None
+    conn: Connection | None = None
+    started_at: float = 0.0
+    last_heartbeat: float = 0.0
+    restarts: int = 0
+    restart_at: float = 0.0
+    tasks: list[Task] = field(default_factory=list)
+    sent: list[Task] | None = None
+
+
+@dataclass
+class TaskView:
+    task: Task
+    position_us: int | None = None
+    finished: bool = False
+    worker: int | None = None
+    error: str = ""
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, workers: int, until_us: int | None = None, log_level: str = "INFO") -> None:
+        self.cfg = cfg
+        self.n_workers = workers
+        self.until_us = until_us
+        self.log_level = log_level
+        self.ctx = mp.get_context("spawn")
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.slots = [Slot(i) for i in range(workers)]
+        self.views: dict[tuple, TaskView] = {}
+        self.generations: dict[str, list[Generation]] = {}
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.boot_error: str | None = None
+        self.discovered = False
+        self.status_lock = threading.Lock()
+        self.status: dict = {"state": "starting"}
+        self._next_discovery = 0.0
+        self._next_checkpoints = 0.0
+        self._assigned_keys: set[tuple] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda s, _f: self.signals.put_nowait(s))
+
+    def run(self) -> int:
+        from relay import connect, metrics
+        from relay.checkpoints import CheckpointStore
+        from relay.discovery import Discovery
+
+        self.metrics = metrics.SupervisorMetrics()
+        self.session = connect.cql_session(self.cfg)
+        self._require_schema()
+        self.discovery = Discovery(self.session, self.cfg)
+        self.checkpoints = CheckpointStore(self.session, self.cfg.scylla.relay_keyspace, self.cfg.replica_id)
+        for slot in self.slots:
+            self._spawn(slot)
+        try:
+            while True:
+                self.step_signals()
+                if self.stopping:
+                    if self.step_drain():
+                        break
+                else:
+                    self.step_discover()
+                    self.step_checkpoints()
+                    self.step_assign()
+                    self.step_reap()
+                    self.step_heartbeats()
+                    if self.boot_error:
+                        log.error("a worker cannot start: %s; stopping relay", self.boot_error)
+                        self.exit_code = 2
+                        self._begin_stop(graceful=False)
+                    elif self._until_reached():
+                        log.info("every task has reached --until; stopping")
+                        self._begin_stop(graceful=True)
+                self.step_messages(LOOP_INTERVAL_S)
+                self.step_status()
+        finally:
+            self._kill_all()
+            self.session.cluster.shutdown()
+        return self.exit_code
+
+    def _require_schema(self) -> None:
+        from relay.errors import UserError
+
+        ks = self.cfg.scylla.relay_keyspace
+        rows = self.session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))
+        names = {r[0] for r in rows}
+        if not {"checkpoints", "dead_letters"} <= names:
+            raise UserError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
+        for t in self.cfg.tables:
+            log_rows = self.session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s "
+                                            "AND table_name = %s", (t.keyspace, f"{t.table}_scylla_cdc_log"))
+            if log_rows.one() is None:
+                raise UserError(f"{self.cfg.source}: tables: {t.name} has no CDC log ({t.table}_scylla_cdc_log); "
+                                f"enable CDC on it: ALTER TABLE {t.name} WITH cdc = {{'enabled': true}}")
+
+    # ------------------------------------------------------------------ steps
+    def step_signals(self) -> None:
+        while True:
+            try:
+                sig = self.signals.get_nowait()
+            except queue.Empty:
+                return
+            if self.stopping:
+                log.warning("second signal: stopping immediately")
+                self._kill_all()
+                self.exit_code = self.exit_code or 1
+                raise SystemExit(self.exit_code)
+            log.info("%s: draining (finish windows, flush, checkpoint); send again to stop at once",
+                     signal.Signals(sig).name)
+            self._begin_stop(graceful=True)
+
+    def _begin_stop(self, graceful: bool) -> None:
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.cfg.relay.shutdown_timeout_seconds
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                if graceful:
+                    self._send(slot, ("stop", True))
+                else:
+                    slot.process.kill()
+
+    def step_drain(self) -> bool:
+        """True once every worker has exited (or the shutdown timeout passed)."""
+        alive = [s for s in self.slots if s.process is not None and s.process.is_alive()]
+        if not alive:
+            for s in self.slots:
+                self._reaped(s)
+            return True
+        if time.monotonic() > self.stop_deadline:
+            log.error("shutdown timeout: killing %d worker(s)", len(alive))
+            self.exit_code = self.exit_code or 1
+            return True
+        return False
+
+    def step_discover(self) -> None:
+        now = time.monotonic()
+        if now < self._next_discovery:
+            return
+        self._next_discovery = now + self.cfg.relay.generation_poll_seconds
+        try:
+            for table in self.cfg.tables:
+                gens = self.discovery.generations(table)
+                if not gens:
+                    log.warning("%s: no CDC generation published yet", table.name)
+                self.generations[table.name] = gens
+            self.discovered = True
+            self._next_checkpoints = 0.0
+        except Exception as exc:  # noqa: BLE001 - discovery retries on its next tick
+            log.warning("discovery failed: %s", exc)
+            self._next_discovery = now + 2.0
+
+    def step_checkpoints(self) -> None:
+        """Refresh positions of the generations the barrier looks at, from Scylla."""
+        now = time.monotonic()
+        if now < self._next_checkpoints or not self.discovered:
+            return
+        self._next_checkpoints = now + CHECKPOINT_REFRESH_S
+        try:
+            for table, gens in self.generations.items():
+                for gen in self._frontier(table, gens):
+                    positions = self.checkpoints.load(table, gen.start_us)
+                    from relay.discovery import tasks_of
+
+                    for task in tasks_of(gen):
+                        view = self.views.setdefault(task.key, TaskView(task))
+                        view.task = task
+                        if task.task_id in positions:
+                            view.position_us = max(view.position_us or 0, positions[task.task_id])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("reading checkpoints failed: %s", exc)
+
+    def _frontier(self, table: str, gens: list[Generation]) -> list[Generation]:
+        """The generations that are not known to be complete, oldest first (at most two needed)."""
+        out = []
+        for gen in gens:
+            if not self._gen_complete(gen):
+                out.append(gen)
+            if len(out) == 2:
+                break
+        return out
+
+    def _goal(self, gen: Generation) -> int | None:
+        goals = [x for x in (gen.end_us, self.until_us) if x is not None]
+        return min(goals) if goals else None
+
+    def _gen_complete(self, gen: Generation) -> bool:
+        from relay.discovery import tasks_of
+
+        if self.until_us is not None and gen.start_us >= self.until_us:
+            return True  # nothing of it is wanted
+        goal = self._goal(gen)
+        if goal is None or gen.end_us is None and self.until_us is None:
+            return False
+        if gen.end_us is not None and gen.end_us < self._oldest_live_us():
+            return True  # its data has expired from the CDC log
+        if gen.end_us is not None and self._skipped_by_start_from(gen):
+            return True
+        for task in tasks_of(gen):
+            view = self.views.get(task.key)
+            if view is None or view.position_us is None or view.position_us < goal:
+                return False
+        return True
+
+    def _skipped_by_start_from(self, gen: Generation) -> bool:
+        """A closed generation nobody ever read, wholly before where start_from begins."""
+        mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
+        if mode == "earliest":
+            return False
+        start = time.time() * 1e6 - (lookback * 1e6 if mode == "lookback" else 0)
+        from relay.discovery import tasks_of
+
+        unread = all(self.views.get(t.key) is None or self.views[t.key].position_us is None for t in tasks_of(gen))
+        return unread and gen.end_us is not None and gen.end_us <= start
+
+    def _oldest_live_us(self) -> int:
+        return int(time.time() * 1e6) - CDC_TTL_DEFAULT_S * 1_000_000
+
+    def active_tasks(self) -> list[Task]:
+        """Generation barrier: per table, only the oldest incomplete generation is read."""
+        from relay.discovery import tasks_of
+
+        out: list[Task] = []
+        for table, gens in self.generations.items():
+            for gen in gens:
+                if self._gen_complete(gen):
+                    continue
+                if not self._views_loaded(gen):
+                    break  # wait for its checkpoints before deciding
+                out.extend(tasks_of(gen))
+                self.metrics.generation.labels(table).set(gen.start_us / 1e6)
+                break
+        return out
+
+    def _views_loaded(self, gen: Generation) -> bool:
+        from relay.discovery import tasks_of
+
+        return all(t.key in self.views for t in tasks_of(gen))
+
+    def step_assign(self) -> None:
+        if not self.discovered:
+            return
+        tasks = self.active_tasks()
+        keys = {t.key for t in tasks}
+        plan = assign(tasks, [s.index for s in self.slots])
+        for slot in self.slots:
+            slot.tasks = plan[slot.index]
+            for t in slot.tasks:
+                self.views.setdefault(t.key, TaskView(t)).worker = slot.index
+            if slot.sent != slot.tasks and slot.process is not None and slot.process.is_alive():
+                if self._send(slot, ("assign", slot.tasks)):
+                    slot.sent = list(slot.tasks)
+        self._assigned_keys = keys
+
+    def _until_reached(self) -> bool:
+        if self.until_us is None or not self.discovered:
+            return False
+        if int(time.time() * 1e6) < self.until_us:
+            return False
+        for table, gens in self.generations.items():
+            if not gens and self.until_us is not None:
+                continue
+            if not all(self._gen_complete(g) for g in gens):
+                return False
+        return True
+
+    def step_messages(self, timeout: float) -> None:
+        from multiprocessing.connection import wait
+
+        conns = [s.conn for s in self.slots if s.conn is not None]
+        if not conns:
+            time.sleep(timeout)
+            return
+        for conn in wait(conns, timeout):
+            slot = next(s for s in self.slots if s.conn is conn)
+            try:
+                while conn.poll():
+                    self._on_message(slot, conn.recv())
+            except (EOFError, OSError):
+                slot.conn = None
+
+    def _on_message(self, slot: Slot, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "hb":
+            slot.last_heartbeat = time.monotonic()
+            for key, (position, finished, error) in msg[3].items():
+                view = self.views.get(key)
+                if view is None:
+                    continue
+                if position is not None:
+                    view.position_us = max(view.position_us or 0, position)
+                view.finished = finished
+                view.error = error
+        elif kind == "boot_error":
+            self.boot_error = f"worker {msg[1]}: {msg[2]}"
+
+    def step_reap(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            proc = slot.process
+            if proc is None:
+                if now >= slot.restart_at:
+                    self._spawn(slot)
+                continue
+            if proc.is_alive():
+                if slot.restarts and now - slot.started_at > HEALTHY_AFTER_S:
+                    slot.restarts = 0
+                continue
+            code = proc.exitcode
+            self._reaped(slot)
+            if code == EXIT_BOOT_ERROR:
+                self.boot_error = self.boot_error or f"worker {slot.index} exited with the boot-error code"
+                continue
+            delay = min(30.0, 0.5 * 2 ** slot.restarts)
+            slot.restarts += 1
+            slot.restart_at = now + delay
+            how = f"signal {-code}" + (" (SIGKILL: out of memory?)" if code == -9 else "") if code and code < 0 \
+                else f"exit code {code}"
+            log.error("worker %d (pid %s) died with %s; restarting in %.1fs", slot.index, proc.pid, how, delay)
+            self.metrics.worker_restarts.inc()
+
+    def step_heartbeats(self) -> None:
+        now = time.monotonic()
+        timeout = self.cfg.relay.heartbeat_timeout_seconds
+        for slot in self.slots:
+            proc = slot.process
+            if proc is None or not proc.is_alive():
+                continue
+            if now - max(slot.last_heartbeat, slot.started_at) > timeout:
+                log.error("worker %d (pid %s) sent no heartbeat for %.0fs; killing it", slot.index, proc.pid, timeout)
+                proc.kill()
+        alive = sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
+        self.metrics.workers_alive.set(alive)
+
+    def step_status(self) -> None:
+        now_us = int(time.time() * 1e6)
+        tasks = []
+        lag: dict[str, float] = {}
+        for key in sorted(self._assigned_keys):
+            v = self.views[key]
+            behind = None if v.position_us is None else max(0.0, (now_us - v.position_us) / 1e6)
+            if behind is not None and not v.finished:
+                lag[v.task.table] = max(lag.get(v.task.table, 0.0), behind)
+            tasks.append({"table": v.task.table, "generation_us": v.task.generation_us, "task_id": v.task.task_id,
+                          "streams": len(v.task.streams), "worker": v.worker, "position_us": v.position_us,
+                          "lag_seconds": behind, "finished": v.finished, "error": v.error or None})
+        workers = [{"index": s.index, "pid": s.process.pid if s.process else None,
+                    "alive": bool(s.process and s.process.is_alive()), "tasks": len(s.tasks),
+                    "restarts": s.restarts,
+                    "heartbeat_age_seconds": round(time.monotonic() - s.last_heartbeat, 1) if s.last_heartbeat
+                    else None} for s in self.slots]
+        gens = {t: [{"start_us": g.start_us, "end_us": g.end_us, "streams": len(g.streams),
+                     "complete": self._gen_complete(g)} for g in gl] for t, gl in self.generations.items()}
+        ready = self.discovered and not self.stopping and all(w["alive"] and w["heartbeat_age_seconds"] is not None
+                                                              for w in workers)
+        with self.status_lock:
+            self.status = {"state": "stopping" if self.stopping else ("running" if ready else "starting"),
+                           "replica": self.cfg.replica_id, "ready": ready, "workers": workers, "tasks": tasks,
+                           "lag_seconds": lag, "generations": gens, "until_us": self.until_us}
+
+    def snapshot(self) -> dict:
+        with self.status_lock:
+            return dict(self.status)
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, slot: Slot) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=worker_main, name=f"relay-worker-{slot.index}",
+                                args=(slot.index, self.cfg, child, self.until_us, self.log_level), daemon=True)
+        proc.start()
+        child.close()
+        slot.process, slot.conn = proc, parent
+        slot.started_at = time.monotonic()
+        slot.last_heartbeat = 0.0
+        slot.sent = None
+        log.info("worker %d started (pid %d)", slot.index, proc.pid)
+
+    def _reaped(self, slot: Slot) -> None:
+        from relay.metrics import mark_dead
+
+        if slot.process is not None:
+            if slot.process.pid:
+                mark_dead(slot.process.pid)
+            slot.process.join(0)
+        if slot.conn is not None:
+            slot.conn.close()
+        slot.process, slot.conn, slot.sent = None, None, None
+
+    def _send(self, slot: Slot, msg: tuple) -> bool:
+        try:
+            if slot.conn is not None:
+                slot.conn.send(msg)
+                return True
+        except (BrokenPipeError, OSError):
+            pass
+        return False
+
+    def _kill_all(self) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(5)

@@ -1,0 +1,391 @@
+"""A worker process: for each assigned task, read window → map → dedup → produce → acks →
+mark dedup keys → dead letters → checkpoint → next window (DESIGN §2–§4).
+
+Windows are processed one at a time on one thread, so a control message (new assignment,
+stop) is handled between windows and a graceful stop always ends on a checkpoint.
+The worker builds all its clients after it starts; it exits when the supervisor dies.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from relay.config import Config, parse_start_from
+from relay.model import OutboxEvent, Task
+
+log = logging.getLogger("relay.worker")
+
+EXIT_BOOT_ERROR = 3
+CDC_TTL_DEFAULT_S = 86400
+MAX_EVENTS_PER_WINDOW = 20_000  # above this a task's window shrinks, bounding memory while catching up
+MIN_WINDOW_S = 0.05
+
+
+@dataclass
+class TaskState:
+    task: Task
+    window_s: float
+    position_us: int | None = None
+    next_at: float = 0.0
+    failures: int = 0
+    finished: bool = False  # reached the generation end (or --until)
+    last_error: str = ""
+
+
+@dataclass
+class WindowResult:
+    events: int = 0
+    published: int = 0
+    deduplicated: int = 0
+    dead_lettered: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Worker:
+    def __init__(self, index: int, cfg: Config, conn: Connection, until_us: int | None) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.conn = conn
+        self.until_us = until_us
+        self.tasks: dict[tuple, TaskState] = {}
+        self.stopping = False
+        self.parent = os.getppid()
+        self.paused_until = 0.0
+        self._rr = 0
+
+    # ---------------------------------------------------------------- boot
+    def boot(self) -> None:
+        import stamina.instrumentation
+
+        from relay import connect
+        from relay.checkpoints import CheckpointStore
+        from relay.deadletters import DeadLetterWriter
+        from relay.dedup import Dedup
+        from relay.mapping import Mapper
+        from relay.metrics import WorkerMetrics
+        from relay.publisher import BREAKER_STATES, Publisher
+        from relay.reader import LogReader
+        from relay.retry import Retrier
+
+        stamina.instrumentation.set_on_retry_hooks([])  # relay counts retries itself, without logging args
+        if os.environ.get("RELAY_TESTING_NO_RETRY_WAIT"):
+            stamina.set_testing(True, attempts=2)
+        cfg = self.cfg
+        self.metrics = WorkerMetrics()
+        self.retrier = Retrier(cfg, on_retry=lambda op: self.metrics.retries.labels(op).inc())
+        self.session = connect.cql_session(cfg)
+        ks = cfg.scylla.relay_keyspace
+        self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
+        self.dead_letters = DeadLetterWriter(self.session, ks)
+        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size)
+                        for t in cfg.tables}
+        self.mappers = {t.name: Mapper(t) for t in cfg.tables}
+        self.dedup = Dedup(connect.redis_client(cfg), cfg.redis.key_prefix, cfg.redis.dedup_ttl_seconds,
+                           cfg.redis.on_outage)
+        self._unmarked: list[OutboxEvent] = []
+
+        def on_state(state: str) -> None:
+            self.metrics.breaker_state.labels(str(self.index)).set(BREAKER_STATES.get(state, 0))
+            self.metrics.breaker_transitions.labels(state).inc()
+
+        def on_latency(event: OutboxEvent, seconds: float) -> None:
+            self.metrics.publish_latency.labels(event.source).observe(seconds)
+            self.metrics.e2e_latency.labels(event.source).observe(max(0.0, (now_us() - event.cdc_time_us) / 1e6))
+
+        self.publisher = Publisher(cfg, on_acked=self._mark_acked, on_breaker_state=on_state, on_latency=on_latency)
+        self.metrics.breaker_state.labels(str(self.index)).set(0)
+
+    def _mark_acked(self, events: list[OutboxEvent]) -> None:
+        from relay.dedup import DedupUnavailable
+
+        before = self.dedup.unavailable
+        try:
+            self.dedup.mark(events)
+        except DedupUnavailable:
+            self._unmarked.extend(events)  # pause mode: marked before the checkpoint, once Redis is back
+        self._count_unavailable(events, before)
+
+    def _count_unavailable(self, events, before: int) -> None:
+        lost = self.dedup.unavailable - before
+        if lost and events:
+            self.metrics.dedup_unavailable.labels(events[0].source).inc(lost)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> int:
+        last_hb = 0.0
+        while True:
+            if os.getppid() != self.parent:
+                log.error("worker %d: supervisor is gone; exiting", self.index)
+                self.publisher.close(5)
+                return 1
+            if not self._handle_messages(0):
+                return 1
+            if self.stopping:
+                self.publisher.close(self.cfg.relay.shutdown_timeout_seconds)
+                self._heartbeat()
+                return 0
+            now = time.monotonic()
+            if now - last_hb >= 1.0:
+                self._heartbeat()
+                last_hb = now
+            state = self._next_due(now)
+            if state is None:
+                wait = min([s.next_at for s in self.tasks.values() if not s.finished] + [now + 0.5]) - now
+                self._handle_messages(max(0.0, min(wait, 0.5)))
+                continue
+            self._step(state)
+
+    def _handle_messages(self, timeout: float) -> bool:
+        try:
+            while self.conn.poll(timeout):
+                timeout = 0
+                msg = self.conn.recv()
+                kind = msg[0]
+                if kind == "assign":
+                    self._assign(msg[1])
+                elif kind == "stop":
+                    self.stopping = True
+        except (EOFError, OSError):
+            log.error("worker %d: control pipe closed; exiting", self.index)
+            return False
+        return True
+
+    def _assign(self, tasks: list[Task]) -> None:
+        keep = {t.key: t for t in tasks}
+        for key in list(self.tasks):
+            if key not in keep:
+                del self.tasks[key]
+        for key, task in keep.items():
+            st = self.tasks.get(key)
+            if st is None:
+                self.tasks[key] = TaskState(task, self.cfg.relay.window_seconds)
+            elif st.task != task:
+                st.task = task  # e.g. the generation's end became known
+                if st.finished and (task.end_us is None or (st.position_us or 0) < task.end_us):
+                    st.finished = False
+
+    def _next_due(self, now: float) -> TaskState | None:
+        if now < self.paused_until:
+            return None
+        states = list(self.tasks.values())
+        for i in range(len(states)):
+            st = states[(self._rr + i) % len(states)]
+            if not st.finished and st.next_at <= now:
+                self._rr = (self._rr + i + 1) % len(states)
+                return st
+        return None
+
+    def _heartbeat(self) -> None:
+        positions = {k: (s.position_us, s.finished, s.last_error) for k, s in self.tasks.items()}
+        try:
+            self.conn.send(("hb", self.index, os.getpid(), positions))
+        except (BrokenPipeError, OSError):
+            pass
+        lag: dict[str, float] = {}
+        margin: dict[str, float] = {}
+        t = now_us()
+        for s in self.tasks.values():
+            if s.position_us is None:
+                continue
+            table = s.task.table
+            behind = 0.0 if s.finished else max(0.0, (t - s.position_us) / 1e6)
+            lag[table] = max(lag.get(table, 0.0), behind)
+            m = (s.position_us - (t - CDC_TTL_DEFAULT_S * 1_000_000)) / 1e6
+            margin[table] = min(margin.get(table, m), m)
+        for table, value in lag.items():
+            self.metrics.task_lag.labels(table).set(value)
+        for table, value in margin.items():
+            self.metrics.ttl_margin.labels(table).set(value)
+            if value < self.cfg.relay.ttl_alert_margin_seconds:
+                log.warning("%s: a checkpoint is %.0fs from falling out of the CDC TTL: data may be lost",
+                            table, value)
+
+    # ---------------------------------------------------------------- one window
+    def _step(self, st: TaskState) -> None:
+        from pybreaker import CircuitBreakerError
+
+        from relay.dedup import DedupUnavailable
+        from relay.publisher import FatalProducerError, TransientPublishError
+
+        try:
+            self._window(st)
+            st.failures = 0
+            st.last_error = ""
+        except CircuitBreakerError:
+            # An open breaker pauses all reading in this worker until it may half-open.
+            self.paused_until = time.monotonic() + min(self.cfg.breaker.reset_timeout_seconds, 5.0)
+            st.last_error = "kafka breaker open"
+        except FatalProducerError as exc:
+            log.error("worker %d: fatal producer error, rebuilding the producer: %s", self.index, exc)
+            self.publisher.rebuild()
+            self._backoff(st, str(exc))
+        except TransientPublishError as exc:
+            log.warning("%s task %d: %s; window will be re-read", st.task.table, st.task.task_id, exc)
+            self._backoff(st, str(exc))
+        except DedupUnavailable as exc:
+            log.warning("redis unavailable and on_outage=pause: waiting (%s)", exc)
+            self._backoff(st, f"redis: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a failing window must never kill the loop
+            log.exception("%s task %d: window failed", st.task.table, st.task.task_id)
+            self._backoff(st, f"{exc.__class__.__name__}: {exc}")
+
+    def _backoff(self, st: TaskState, error: str) -> None:
+        st.failures += 1
+        st.last_error = error[:300]
+        st.next_at = time.monotonic() + min(10.0, 0.2 * 2 ** min(st.failures, 6))
+
+    def _start_position(self, task: Task) -> int:
+        from relay.retry import cql_errors
+
+        known = self.retrier.call("checkpoint_read", cql_errors(), self.checkpoints.load, task.table,
+                                  task.generation_us)
+        if task.task_id in known:
+            return known[task.task_id]
+        mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
+        start = task.generation_us
+        t = now_us()
+        if mode == "now":
+            start = max(start, t)
+        elif mode == "lookback":
+            start = max(start, t - int(lookback * 1_000_000))
+        oldest = t - CDC_TTL_DEFAULT_S * 1_000_000
+        if start < oldest:
+            log.warning("%s task %d: data before %s has expired from the CDC log; starting there",
+                        task.table, task.task_id, oldest)
+            start = oldest
+        if task.end_us is not None:
+            start = min(start, task.end_us)
+        start -= start % 1000
+        # Record the start at once: a restart must not re-decide "now" and skip what came in between.
+        self.retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, task, start)
+        return start
+
+    def _window(self, st: TaskState) -> None:
+        from relay.retry import cql_errors
+
+        task = st.task
+        if st.position_us is None:
+            st.position_us = self._start_position(task)
+        t = now_us()
+        limits = [st.position_us + int(st.window_s * 1_000_000), t - int(self.cfg.relay.confidence_seconds * 1e6)]
+        if task.end_us is not None:
+            limits.append(task.end_us)
+        if self.until_us is not None:
+            limits.append(self.until_us)
+        end = min(limits)
+        end -= end % 1000  # minTimeuuid() takes milliseconds
+        if end <= st.position_us:
+            goal = min(x for x in (task.end_us, self.until_us) if x is not None) if (
+                task.end_us is not None or self.until_us is not None) else None
+            if goal is not None and st.position_us >= goal:
+                st.finished = True
+                self._heartbeat()
+            else:
+                st.next_at = time.monotonic() + self.cfg.relay.poll_interval_seconds
+            return
+        started = time.monotonic()
+        result = self._relay_window(st, end)
+        self.retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, task, end)
+        m = self.metrics
+        m.checkpoint_writes.labels(task.table).inc()
+        st.position_us = end
+        # Window sizing: shrink when a window carries too much (memory), grow back when light.
+        if result.events > MAX_EVENTS_PER_WINDOW:
+            st.window_s = max(MIN_WINDOW_S, st.window_s / 2)
+        elif result.events < MAX_EVENTS_PER_WINDOW / 4 and st.window_s < self.cfg.relay.window_seconds:
+            st.window_s = min(self.cfg.relay.window_seconds, st.window_s * 2)
+        caught_up = end >= now_us() - int((self.cfg.relay.confidence_seconds + self.cfg.relay.poll_interval_seconds)
+                                          * 1e6)
+        st.next_at = started + self.cfg.relay.poll_interval_seconds if caught_up else 0.0
+
+    def _relay_window(self, st: TaskState, end: int) -> WindowResult:
+        from relay.mapping import Poison
+        from relay.retry import cql_errors
+
+        task = st.task
+        m = self.metrics
+        res = WindowResult()
+        t0 = time.monotonic()
+        changes = self.retrier.call("cql_read", cql_errors(),
+                                    lambda: list(self.readers[task.table].read(task.streams, st.position_us, end)))
+        m.cql_read.labels(task.table).observe(time.monotonic() - t0)
+        events: list[OutboxEvent] = []
+        poisons: list[Poison] = []
+        mapper = self.mappers[task.table]
+        for change in changes:
+            for item in mapper.map(change, res.skipped):
+                (poisons if isinstance(item, Poison) else events).append(item)
+        res.events = len(events) + len(poisons)
+        rows = sum(len(c.rows) for c in changes)
+        if rows:
+            m.events_read.labels(task.table).inc(rows)
+        for op, n in res.skipped.items():
+            m.events_skipped.labels(task.table, op).inc(n)
+
+        before = self.dedup.unavailable
+        new, seen = self.dedup.split(events)
+        self._count_unavailable(events, before)
+        if seen:
+            m.events_deduplicated.labels(task.table).inc(len(seen))
+        outcome = self.publisher.publish(new)
+        if outcome.delivered:
+            m.events_published.labels(task.table).inc(len(outcome.delivered))
+        failed = [(p.event, p.reason, p.message) for p in poisons] + outcome.failed
+        if failed:
+            self._dead_letter(failed)
+        if self._unmarked:
+            pending, self._unmarked = self._unmarked, []
+            self.dedup.mark(pending)  # pause mode: raises (no checkpoint) until Redis answers
+        res.published = len(outcome.delivered)
+        res.deduplicated = len(seen)
+        res.dead_lettered = len(failed)
+        return res
+
+    def _dead_letter(self, failed: list[tuple[OutboxEvent, str, str]]) -> None:
+        from relay.retry import cql_errors
+
+        for event, reason, message in failed:
+            log.error("%s: dead-lettering event %s (aggregate %s): %s: %s", event.source, event.event_id or "?",
+                      event.aggregate_id or "?", reason, message)
+            self.retrier.call("dlq_write", cql_errors(), self.dead_letters.write, event, reason, message)
+            self.metrics.events_dead_lettered.labels(event.source, reason).inc()
+        self._mark_acked([e for e, _, _ in failed])
+
+
+def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None, log_level: str) -> None:
+    """Entry point of a spawned worker process."""
+    import sys
+
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    logging.getLogger("cassandra").setLevel(logging.WARNING)
+    # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(index, cfg, conn, until_us)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
+    from confluent_kafka import KafkaException
+
+    from relay.errors import ConfigError
+
+    try:
+        worker.boot()
+    except (ConfigError, KafkaException, ValueError) as exc:
+        # Configuration the worker cannot run with: restarting would only loop.
+        try:
+            conn.send(("boot_error", index, f"{exc.__class__.__name__}: {exc}"))
+        except OSError:
+            pass
+        sys.exit(EXIT_BOOT_ERROR)
+    except Exception:  # noqa: BLE001 - e.g. Scylla briefly unreachable: the supervisor restarts us
+        log.exception("worker %d: boot failed", index)
+        sys.exit(1)
+    code = worker.run()
+    worker.session.cluster.shutdown()
+    sys.exit(code)
