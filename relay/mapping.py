@@ -61,9 +61,6 @@ class Mapper:
             event_type=texts["event_type"] or "", topic="", key=(texts["aggregate_id"] or "").encode(),
             payload=None,
         )
-        for alias in ("event_id", "aggregate_id"):
-            if raw[alias] is None:
-                return Poison(event, f"missing_{alias}", f"column {getattr(c, alias)!r} is null")
         if payload is None:
             event.payload = None
         elif isinstance(payload, bytes | bytearray):
@@ -73,6 +70,9 @@ class Mapper:
         else:
             return Poison(event, "bad_payload_type",
                           f"column {c.payload!r} is {type(payload).__name__}, expected blob or text")
+        for alias in ("event_id", "aggregate_id"):
+            if raw[alias] is None:
+                return Poison(event, f"missing_{alias}", f"column {getattr(c, alias)!r} is null")
         for col in c.headers:
             value = row.get(col)
             if isinstance(value, Mapping):

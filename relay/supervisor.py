@@ -38,6 +38,19 @@ class Slot:
     restart_at: float = 0.0
     tasks: list[Task] = field(default_factory=list)
     sent: list[Task] | None = None
+    seq: int = 0  # of the last assignment sent
+    prev_keys: set[tuple] = field(default_factory=set)  # keys of the assignment before that
+    hb_seq: int = -1  # assignment the worker had applied at its last heartbeat
+    hb_keys: set[tuple] = field(default_factory=set)  # tasks it held then
+
+    def held(self) -> set[tuple]:
+        """Tasks this worker may still be working on. Until it confirms the latest assignment,
+        it may hold anything from the previous one too."""
+        if self.process is None or not self.process.is_alive():
+            return set()
+        if self.hb_seq == self.seq:
+            return set(self.hb_keys)
+        return self.hb_keys | self.prev_keys | {t.key for t in (self.sent or [])}
 
 
 @dataclass
@@ -275,17 +288,25 @@ class Supervisor:
     def step_assign(self) -> None:
         if not self.discovered:
             return
-        tasks = self.active_tasks()
-        keys = {t.key for t in tasks}
-        plan = assign(tasks, [s.index for s in self.slots])
+        tasks = {t.key: t for t in self.active_tasks()}
+        # Plan by key: a task whose end becomes known must not move to another worker.
+        plan = assign(list(tasks), [s.index for s in self.slots])
+        held = {s.index: s.held() for s in self.slots}
         for slot in self.slots:
-            slot.tasks = plan[slot.index]
+            slot.tasks = [tasks[k] for k in plan[slot.index]]
             for t in slot.tasks:
                 self.views.setdefault(t.key, TaskView(t)).worker = slot.index
-            if slot.sent != slot.tasks and slot.process is not None and slot.process.is_alive():
-                if self._send(slot, ("assign", slot.tasks)):
-                    slot.sent = list(slot.tasks)
-        self._assigned_keys = keys
+            if slot.process is None or not slot.process.is_alive():
+                continue
+            # Handover: never give a task to a worker while another live worker may still hold it.
+            others = set().union(*(h for i, h in held.items() if i != slot.index))
+            sendable = [t for t in slot.tasks if t.key not in others]
+            if slot.sent != sendable:
+                slot.prev_keys = {t.key for t in (slot.sent or [])}
+                slot.seq += 1
+                if self._send(slot, ("assign", slot.seq, sendable)):
+                    slot.sent = list(sendable)
+        self._assigned_keys = set(tasks)
 
     def _until_reached(self) -> bool:
         if self.until_us is None or not self.discovered:
@@ -318,6 +339,8 @@ class Supervisor:
         kind = msg[0]
         if kind == "hb":
             slot.last_heartbeat = time.monotonic()
+            slot.hb_seq = msg[4]
+            slot.hb_keys = set(msg[3])
             for key, (position, finished, error) in msg[3].items():
                 view = self.views.get(key)
                 if view is None:
@@ -408,6 +431,7 @@ class Supervisor:
         slot.started_at = time.monotonic()
         slot.last_heartbeat = 0.0
         slot.sent = None
+        slot.seq, slot.hb_seq, slot.hb_keys, slot.prev_keys = 0, -1, set(), set()
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
 
     def _reaped(self, slot: Slot) -> None:

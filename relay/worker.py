@@ -59,6 +59,7 @@ class Worker:
         self.stopping = False
         self.parent = os.getppid()
         self.paused_until = 0.0
+        self.assign_seq = 0
         self._rr = 0
 
     # ---------------------------------------------------------------- boot
@@ -150,7 +151,9 @@ class Worker:
                 msg = self.conn.recv()
                 kind = msg[0]
                 if kind == "assign":
-                    self._assign(msg[1])
+                    self.assign_seq = msg[1]
+                    self._assign(msg[2])
+                    self._heartbeat()  # confirm at once: the supervisor waits for it before handing over
                 elif kind == "stop":
                     self.stopping = True
         except (EOFError, OSError):
@@ -186,7 +189,7 @@ class Worker:
     def _heartbeat(self) -> None:
         positions = {k: (s.position_us, s.finished, s.last_error) for k, s in self.tasks.items()}
         try:
-            self.conn.send(("hb", self.index, os.getpid(), positions))
+            self.conn.send(("hb", self.index, os.getpid(), positions, self.assign_seq))
         except (BrokenPipeError, OSError):
             pass
         lag: dict[str, float] = {}

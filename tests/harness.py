@@ -1,0 +1,259 @@
+"""Helpers for end-to-end tests: an emulated outbox, a relay subprocess, a topic reader.
+
+Everything here talks to the real stack; the only emulated part is Scylla's writing of
+CDC log rows (relay.testing). Delivery is judged by consuming the topics.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.testing import CdcEmulator, now_micros
+
+REPO = Path(__file__).resolve().parent.parent
+
+OUTBOX_DDL = """CREATE TABLE {ks}.outbox (
+    aggregate_id text, id timeuuid, aggregate_type text, event_type text, payload blob,
+    created_at timestamp, headers map<text, text>, PRIMARY KEY ((aggregate_id), id))"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(path: Path, keyspace: str, kafka: str, redis_url: str, *, table: str = "outbox",
+                 topic: str | None = None, extra: str = "", workers: int = 2, columns: str = "",
+                 relay: dict | None = None, kafka_extra: str = "", redis_extra: str = "") -> Path:
+    """A relay.toml for one test: relay's tables and the emulated generation tables live in
+    the test's own keyspace; the topic is unique to the test."""
+    topic = topic or f"{keyspace}.{{aggregate_type}}"
+    section = {"workers": workers, "window_seconds": 2, "confidence_seconds": 1, "poll_interval_seconds": 0.2,
+               "shutdown_timeout_seconds": 20, "generation_poll_seconds": 1, **(relay or {})}
+    relay_lines = "\n".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in section.items())
+    path.write_text(f"""
+[scylla]
+contact_points = ["127.0.0.1"]
+port = {os.environ.get("RELAY_STACK_CASSANDRA_PORT", "9042")}
+consistency = "ONE"
+relay_keyspace = "{keyspace}"
+cdc_metadata_keyspace = "{keyspace}"
+tablets_metadata_keyspace = "{keyspace}"
+
+[[tables]]
+name = "{keyspace}.{table}"
+topic = "{topic}"
+{columns}
+
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_partitions = 3
+{kafka_extra}
+
+[redis]
+url = "{redis_url}"
+key_prefix = "{keyspace}:"
+{redis_extra}
+
+[relay]
+{relay_lines}
+
+[metrics]
+host = "127.0.0.1"
+port = {free_port()}
+{extra}
+""")
+    return path
+
+
+@dataclass
+class Outbox:
+    """An outbox table with emulated CDC, plus what was written to it (for checking)."""
+
+    emulator: CdcEmulator
+    table: str
+    written: dict[str, list[str]] = field(default_factory=lambda: collections.defaultdict(list))  # agg -> ids
+    seq: collections.Counter = field(default_factory=collections.Counter)
+
+    @classmethod
+    def create(cls, cql, keyspace: str, *, vnodes: int = 16, shards: int = 2, start_us: int | None = None) -> Outbox:
+        cql.execute(OUTBOX_DDL.format(ks=keyspace))
+        emu = CdcEmulator(cql, metadata_keyspace=keyspace)
+        emu.create_metadata_tables()
+        emu.open_generation(start=start_us if start_us is not None else now_micros() - 20_000_000,
+                            vnodes=vnodes, shards=shards, seed=5)
+        emu.enable_cdc(f"{keyspace}.outbox")
+        return cls(emu, f"{keyspace}.outbox")
+
+    def rows(self, n: int, aggregates: int, event_type: str = "created") -> list[dict]:
+        out = []
+        for i in range(n):
+            agg = f"agg-{i % aggregates:05d}"
+            self.seq[agg] += 1
+            eid = uuid.uuid1()
+            out.append({"aggregate_id": agg, "id": eid, "aggregate_type": "order", "event_type": event_type,
+                        "payload": json.dumps({"agg": agg, "seq": self.seq[agg]}).encode()})
+            self.written[agg].append(str(eid))
+        return out
+
+    def write(self, n: int, aggregates: int, **kw) -> None:
+        """n events; per aggregate written in order (each round writes an aggregate at most once)."""
+        rows = self.rows(n, aggregates, **kw)
+        for start in range(0, len(rows), aggregates):
+            self.emulator.write_many(self.table, rows[start:start + aggregates])
+
+    def expected_ids(self) -> set[str]:
+        return {e for ids in self.written.values() for e in ids}
+
+
+class RelayProcess:
+    """`python -m relay run` as a real process tree (supervisor + spawned workers)."""
+
+    def __init__(self, config: Path, *args: str, log: Path | None = None) -> None:
+        self.config = config
+        self.args = args
+        self.log = log or config.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
+        self.proc: subprocess.Popen | None = None
+        text = config.read_text()
+        self.port = int(text.split("[metrics]")[1].split("port = ")[1].split()[0])
+
+    def start(self) -> RelayProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._fh = open(self.log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(self.config), *self.args],
+                                     stdout=self._fh, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                                     start_new_session=True)
+        return self
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"relay did not exit within {timeout}s; log:\n{self.output()[-3000:]}") from None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """Kill the whole tree we started (its own session: the supervisor's pid is the group id)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def get(self, path: str, timeout: float = 2.0) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as resp:
+            return resp.read()
+
+    def status(self) -> dict:
+        return json.loads(self.get("/status"))
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of one metric (optionally filtered by labels) on /metrics."""
+        total = 0.0
+        for line in self.get("/metrics").decode().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if any(f'{k}="{v}"' not in line for k, v in labels.items()):
+                continue
+            total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_until(self, predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except OSError:
+                pass
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"relay exited ({self.proc.returncode}) while waiting for {what}:\n"
+                                     f"{self.output()[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; log:\n{self.output()[-3000:]}")
+
+
+@dataclass
+class Delivered:
+    records: list[tuple[bytes, dict[str, str], bytes]]  # key, headers, value, in per-partition offset order
+
+    @property
+    def ids(self) -> collections.Counter:
+        return collections.Counter(h["id"] for _, h, _ in self.records)
+
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.ids.values())
+
+    def per_aggregate(self) -> dict[str, list[str]]:
+        """First deliveries of each aggregate's events, in the order a consumer sees them."""
+        out: dict[str, list[str]] = collections.defaultdict(list)
+        seen = set()
+        for key, headers, _ in self.records:
+            if headers["id"] not in seen:
+                seen.add(headers["id"])
+                out[key.decode()].append(headers["id"])
+        return out
+
+
+def consume_all(bootstrap: str, topics: list[str], timeout: float = 30.0) -> Delivered:
+    """Every record currently in `topics` (up to the high watermarks seen at the start)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        parts = []
+        for topic in topics:
+            md = consumer.list_topics(topic, timeout=10)
+            if md.topics[topic].error is not None:
+                continue
+            parts += [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+        ends = {(p.topic, p.partition): consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        consumer.assign(parts)
+        remaining = {k for k, end in ends.items() if end > 0}
+        by_partition: dict[tuple, list] = collections.defaultdict(list)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error() is not None:
+                continue
+            k = (msg.topic(), msg.partition())
+            headers = {h: v.decode() for h, v in (msg.headers() or [])}
+            by_partition[k].append((msg.key(), headers, msg.value()))
+            if msg.offset() + 1 >= ends[k]:
+                remaining.discard(k)
+        assert not remaining, f"could not read partitions {remaining} to their end within {timeout}s"
+        return Delivered([r for k in sorted(by_partition) for r in by_partition[k]])
+    finally:
+        consumer.close()
+
+
+def assert_delivered_in_order(outbox: Outbox, delivered: Delivered, *, allow_duplicates: bool = False) -> None:
+    expected = outbox.expected_ids()
+    got = set(delivered.ids)
+    missing = expected - got
+    assert not missing, f"{len(missing)} of {len(expected)} events missing, e.g. {sorted(missing)[:3]}"
+    assert got <= expected, f"unexpected events: {sorted(got - expected)[:3]}"
+    if not allow_duplicates:
+        assert delivered.duplicates() == 0, f"{delivered.duplicates()} duplicate records"
+    per_agg = delivered.per_aggregate()
+    for agg, ids in outbox.written.items():
+        assert per_agg[agg] == ids, f"aggregate {agg}: delivered out of order"
