@@ -24,9 +24,11 @@ stack-down:
 stack-status:
 	$(STACK) status
 
-## test: the whole suite against the real local stack (brings it up if needed)
+## test: the whole suite against the real local stack (brings it up if needed).
+## Phase 1 runs in parallel; phase 2 stops and starts Kafka/Redis, so it runs alone.
 test: venv stack-up
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not outage"
+	$(BIN)/pytest -m outage
 
 lint: venv
 	$(BIN)/ruff check relay tests benchmarks

@@ -30,9 +30,10 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=None,
+    # SUPPRESS: `relay schema --config X apply` must not be reset by the nested parser's default.
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="TOML config file (default: $RELAY_CONFIG, else ./relay.toml, else environment only)")
-    common.add_argument("--log-level", default=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     parser = argparse.ArgumentParser(
         prog="relay", description="Publish the CDC log of ScyllaDB outbox tables to Kafka.")
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
+    args.log_level = getattr(args, "log_level", os.environ.get("RELAY_LOG_LEVEL", "INFO"))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

@@ -8,8 +8,11 @@ from relay.config import Config
 from relay.errors import UserError
 
 
-def cql_session(cfg: Config, *, connect_timeout: float = 10.0):
-    """A connected Session at the configured consistency, with tuple rows on the hot path."""
+def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = False):
+    """A connected Session at the configured consistency, with tuple rows.
+
+    `hot_path` (workers) keeps the driver's libev reactor, its fastest; everything else uses the
+    asyncio reactor, because libev's exit hook often stalls a short-lived process for 5 s."""
     from cassandra import ConsistencyLevel
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
@@ -36,6 +39,10 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0):
         if s.ssl_cert_file:
             ctx.load_cert_chain(s.ssl_cert_file, s.ssl_key_file or None)
         kwargs["ssl_context"] = ctx
+    if not hot_path:
+        from cassandra.io.asyncioreactor import AsyncioConnection
+
+        kwargs["connection_class"] = AsyncioConnection
     cluster = Cluster(**kwargs)
     try:
         session = cluster.connect()
@@ -72,10 +79,18 @@ def producer_config(cfg: Config, **extra: Any) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "message.timeout.ms": int(cfg.kafka.delivery_timeout_seconds * 1000),
         "client.id": f"relay-{cfg.replica_id}",
+        # librdkafka logs every refused connection to stderr; route it through logging instead.
+        "logger": _kafka_logger(),
     }
     conf.update(extra)
     conf.update({k: v for k, v in cfg.kafka.producer.items()})
     return conf
+
+
+def _kafka_logger():
+    import logging
+
+    return logging.getLogger("relay.kafka")
 
 
 def _short(exc: BaseException) -> str:

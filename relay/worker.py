@@ -82,7 +82,7 @@ class Worker:
         cfg = self.cfg
         self.metrics = WorkerMetrics()
         self.retrier = Retrier(cfg, on_retry=lambda op: self.metrics.retries.labels(op).inc())
-        self.session = connect.cql_session(cfg)
+        self.session = connect.cql_session(cfg, hot_path=True)
         ks = cfg.scylla.relay_keyspace
         self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
         self.dead_letters = DeadLetterWriter(self.session, ks)
