@@ -482,9 +482,10 @@ def test_compose_scylla_init_renders_outbox_cql(tmp_path):
     script = as_argv(s["command"])[-1] if isinstance(s["command"], list) else s["command"]
     assert as_argv(s["entrypoint"])[-1] == "-c"
     script = compose_interpolate(script)
+    # The container's scratch path first: the repository itself may live under /tmp (CI clones).
+    script = script.replace("/tmp/", f"{tmp_path}/")
     for container, host in bind_targets(s).items():
         script = script.replace(container, str(ROOT / host))
-    script = script.replace("/tmp/", f"{tmp_path}/")
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "cqlsh").write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  [ "$1" = -f ] && cp "$2" "$CAPTURE"\n'
