@@ -83,6 +83,8 @@ class Supervisor:
         self._next_discovery = 0.0
         self._next_checkpoints = 0.0
         self._assigned_keys: set[tuple] = set()
+        self._expired_warned: set[tuple] = set()
+        self._next_dlq = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def install_signals(self) -> None:
@@ -113,6 +115,7 @@ class Supervisor:
                     self.step_assign()
                     self.step_reap()
                     self.step_heartbeats()
+                    self.step_dlq_gauge()
                     if self.boot_error:
                         log.error("a worker cannot start: %s; stopping relay", self.boot_error)
                         self.exit_code = 2
@@ -241,7 +244,11 @@ class Supervisor:
         if goal is None or gen.end_us is None and self.until_us is None:
             return False
         if gen.end_us is not None and gen.end_us < self._oldest_live_us():
-            return True  # its data has expired from the CDC log
+            if gen.key not in self._expired_warned:
+                self._expired_warned.add(gen.key)
+                log.warning("%s: generation %s ended before the CDC TTL window; its data has expired, skipped",
+                            gen.table, gen.start_us)
+            return True
         if gen.end_us is not None and self._skipped_by_start_from(gen):
             return True
         for task in tasks_of(gen):
@@ -389,6 +396,27 @@ class Supervisor:
                 proc.kill()
         alive = sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
         self.metrics.workers_alive.set(alive)
+
+    def step_dlq_gauge(self) -> None:
+        """relay_dlq_pending per table, from the last 7 days of dead letters (every 30 s)."""
+        now = time.monotonic()
+        if now < self._next_dlq:
+            return
+        self._next_dlq = now + 30.0
+        from datetime import UTC, datetime, timedelta
+
+        try:
+            today = datetime.now(UTC).date()
+            for t in self.cfg.tables:
+                pending = 0
+                for d in range(7):
+                    rows = self.session.execute(
+                        f"SELECT status FROM {self.cfg.scylla.relay_keyspace}.dead_letters "
+                        f"WHERE source_table = %s AND day = %s", (t.name, today - timedelta(days=d)))
+                    pending += sum(1 for r in rows if r[0] == "pending")
+                self.metrics.dlq_pending.labels(t.name).set(pending)
+        except Exception as exc:  # noqa: BLE001 - a gauge must not stop the supervisor
+            log.warning("counting dead letters failed: %s", exc)
 
     def step_status(self) -> None:
         now_us = int(time.time() * 1e6)

@@ -184,3 +184,47 @@ def test_graceful_sigterm_exits_zero_with_checkpoints(outbox, config, keyspace, 
     newest_write = max(timeuuid.to_micros(r[0]) for r in cql.execute(
         f'SELECT "cdc$time" FROM {keyspace}.outbox_scylla_cdc_log'))
     assert min(timeuuid.to_micros(r.position) for r in rows) > newest_write
+
+
+def test_tablets_table_with_a_split_mid_run(cql, keyspace, config, kafka_bootstrap):
+    from harness import OUTBOX_DDL
+
+    from relay.testing import CdcEmulator
+
+    cql.execute(OUTBOX_DDL.format(ks=keyspace))
+    emu = CdcEmulator(cql, metadata_keyspace=keyspace)
+    emu.create_metadata_tables()
+    emu.enable_cdc(f"{keyspace}.outbox", tablets=4, start=now_micros() - 10_000_000)
+    outbox = Outbox(emu, f"{keyspace}.outbox")
+    outbox.write(400, aggregates=40)
+    split = now_micros() + 1_500_000
+    emu.open_tablet_streams(outbox.table, 8, start=split)
+    while now_micros() < split + 200_000:
+        time.sleep(0.05)
+    outbox.write(400, aggregates=40)
+    relay = RelayProcess(config(workers=2), "--until", "now").start()
+    assert relay.wait(120) == 0, relay.output()[-3000:]
+    delivered = consume_all(kafka_bootstrap, [topic_of(keyspace)])
+    assert_delivered_in_order(outbox, delivered)
+    from relay import timeuuid
+
+    log_streams = {r[0] for r in cql.execute(f'SELECT "cdc$stream_id", "cdc$time" FROM {keyspace}.outbox_scylla_cdc_log')
+                   if timeuuid.to_micros(r[1]) >= split}
+    assert log_streams <= set(emu.tablet_sets(outbox.table)[-1].streams), "post-split rows use the new streams"
+
+
+def test_workers_exit_when_the_supervisor_dies(outbox, config):
+    import os
+
+    relay = RelayProcess(config(workers=2)).start()
+    relay.wait_until(lambda: relay.status().get("ready"), 60, "relay ready")
+    pids = [w["pid"] for w in relay.status()["workers"]]
+    os.kill(relay.proc.pid, signal.SIGKILL)
+    relay.proc.wait(10)
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
+                 open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] not in "ZX"]
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived their supervisor"
