@@ -22,7 +22,21 @@ from relay.errors import ConfigError
 
 CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 OPERATIONS = ("insert", "update")
-SECRET_KEYS = {"password", "sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"}
+SECRET_KEYS = {"password", "sasl.password", "ssl.key.password", "ssl.keystore.password",
+               "sasl.oauthbearer.client.secret"}
+
+
+def mask_url(url: str) -> str:
+    """redis://user:secret@host → redis://user:***@host."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,8 @@ class Config:
         if not self.scylla.contact_points:
             raise bad("scylla.contact_points", "required (at least one host)")
         if self.scylla.consistency.upper() not in CONSISTENCY_LEVELS:
-            raise bad("scylla.consistency", f"{self.scylla.consistency!r} is not one of {', '.join(CONSISTENCY_LEVELS)}")
+            raise bad("scylla.consistency",
+                      f"{self.scylla.consistency!r} is not one of {', '.join(CONSISTENCY_LEVELS)}")
         if self.scylla.bypass_cache not in ("auto", "true", "false"):
             raise bad("scylla.bypass_cache", "must be auto, true or false")
         for key in ("relay_keyspace", "cdc_metadata_keyspace", "tablets_metadata_keyspace"):
@@ -235,6 +250,7 @@ class Config:
         def scrub(obj: Any) -> Any:
             if dataclasses.is_dataclass(obj):
                 return {f.name: ("***" if f.name in SECRET_KEYS and getattr(obj, f.name) else
+                                 mask_url(getattr(obj, f.name)) if f.name == "url" else
                                  scrub(getattr(obj, f.name))) for f in dataclasses.fields(obj)}
             if isinstance(obj, Mapping):
                 return {k: ("***" if k in SECRET_KEYS else scrub(v)) for k, v in obj.items()}

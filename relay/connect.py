@@ -44,6 +44,12 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
 
         kwargs["connection_class"] = AsyncioConnection
     cluster = Cluster(**kwargs)
+    import logging
+
+    driver_log = logging.getLogger("cassandra")
+    level = driver_log.level
+    # Each failed attempt is logged with a traceback by the driver; relay reports it once, below.
+    driver_log.setLevel(logging.CRITICAL)
     try:
         session = cluster.connect()
     except NoHostAvailable as exc:
@@ -51,6 +57,8 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
         first = next(iter(exc.errors.values()), exc)
         where = ", ".join(f"{h}:{s.port}" for h in s.contact_points)
         raise UserError(f"cannot connect to Scylla/Cassandra at {where}: {_short(first)}") from None
+    finally:
+        driver_log.setLevel(level)
     session.default_fetch_size = s.fetch_size
     return session
 

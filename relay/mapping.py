@@ -6,6 +6,7 @@ poison event: it is returned with its reason, for the dead-letter table; it neve
 from __future__ import annotations
 
 import json
+import re
 import string
 import uuid
 from collections.abc import Iterator, Mapping
@@ -106,5 +107,8 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
 def _valid_topic(name: str) -> bool:
-    return 0 < len(name) <= 249 and all(ch.isalnum() or ch in "._-" for ch in name) and name not in (".", "..")
+    return bool(_TOPIC.fullmatch(name)) and name not in (".", "..")

@@ -10,6 +10,7 @@ HEADER_EVENT_TYPE = "event_type"
 HEADER_AGGREGATE_TYPE = "aggregate_type"
 HEADER_SOURCE = "relay_source"
 HEADER_CDC_TIME = "cdc_time"
+RESERVED_HEADERS = frozenset({HEADER_ID, HEADER_EVENT_TYPE, HEADER_AGGREGATE_TYPE, HEADER_SOURCE, HEADER_CDC_TIME})
 
 
 @dataclass(frozen=True)
@@ -78,4 +79,6 @@ class OutboxEvent:
         base = [(HEADER_ID, self.event_id), (HEADER_EVENT_TYPE, self.event_type),
                 (HEADER_AGGREGATE_TYPE, self.aggregate_type), (HEADER_SOURCE, self.source),
                 (HEADER_CDC_TIME, str(self.cdc_time_us))]
-        return [(k, v.encode()) for k, v in base] + [(k, v.encode()) for k, v in self.headers.items()]
+        # Extra headers never shadow relay's own: consumers dedup and audit by them.
+        extra = [(k, v) for k, v in self.headers.items() if k not in RESERVED_HEADERS]
+        return [(k, v.encode()) for k, v in base] + [(k, v.encode()) for k, v in extra]

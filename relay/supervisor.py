@@ -320,9 +320,7 @@ class Supervisor:
             return False
         if int(time.time() * 1e6) < self.until_us:
             return False
-        for table, gens in self.generations.items():
-            if not gens and self.until_us is not None:
-                continue
+        for gens in self.generations.values():
             if not all(self._gen_complete(g) for g in gens):
                 return False
         return True

@@ -23,6 +23,7 @@ EXIT_BOOT_ERROR = 3
 CDC_TTL_DEFAULT_S = 86400
 MAX_EVENTS_PER_WINDOW = 20_000  # above this a task's window shrinks, bounding memory while catching up
 MIN_WINDOW_S = 0.05
+EMPTY_WINDOW_GROWTH = 8  # an empty window may grow to this many times [relay] window_seconds
 
 
 @dataclass
@@ -301,10 +302,16 @@ class Worker:
         m.checkpoint_writes.labels(task.table).inc()
         st.position_us = end
         # Window sizing: shrink when a window carries too much (memory), grow back when light.
+        base = self.cfg.relay.window_seconds
         if result.events > MAX_EVENTS_PER_WINDOW:
             st.window_s = max(MIN_WINDOW_S, st.window_s / 2)
-        elif result.events < MAX_EVENTS_PER_WINDOW / 4 and st.window_s < self.cfg.relay.window_seconds:
-            st.window_s = min(self.cfg.relay.window_seconds, st.window_s * 2)
+        elif result.events == 0:
+            # Empty while catching up (a quiet stretch, an old generation): stride over it faster.
+            st.window_s = min(base * EMPTY_WINDOW_GROWTH, st.window_s * 2)
+        elif st.window_s > base:
+            st.window_s = base
+        elif result.events < MAX_EVENTS_PER_WINDOW / 4 and st.window_s < base:
+            st.window_s = min(base, st.window_s * 2)
         caught_up = end >= now_us() - int((self.cfg.relay.confidence_seconds + self.cfg.relay.poll_interval_seconds)
                                           * 1e6)
         st.next_at = started + self.cfg.relay.poll_interval_seconds if caught_up else 0.0

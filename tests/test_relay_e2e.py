@@ -59,7 +59,10 @@ def test_sigkill_of_a_worker_is_restarted_without_loss(outbox, config, keyspace,
     assert relay.wait(240) == 0, relay.output()[-3000:]
     assert "died with signal 9" in relay.output()
     delivered = consume_all(kafka_bootstrap, [topic_of(keyspace)])
-    assert_delivered_in_order(outbox, delivered)
+    # Mark-after-ack (DESIGN §4): records Kafka acknowledged in the instant before the kill, whose
+    # dedup keys were not yet set, are published again. Bounded by what was in flight, never lost.
+    assert_delivered_in_order(outbox, delivered, allow_duplicates=True)
+    assert delivered.duplicates() <= 8_000 * 0.05, f"{delivered.duplicates()} duplicates: more than in flight"
 
 
 def test_restart_resumes_from_checkpoints(outbox, config, keyspace, kafka_bootstrap, cql):
@@ -208,8 +211,8 @@ def test_tablets_table_with_a_split_mid_run(cql, keyspace, config, kafka_bootstr
     assert_delivered_in_order(outbox, delivered)
     from relay import timeuuid
 
-    log_streams = {r[0] for r in cql.execute(f'SELECT "cdc$stream_id", "cdc$time" FROM {keyspace}.outbox_scylla_cdc_log')
-                   if timeuuid.to_micros(r[1]) >= split}
+    rows = cql.execute(f'SELECT "cdc$stream_id", "cdc$time" FROM {keyspace}.outbox_scylla_cdc_log')
+    log_streams = {r[0] for r in rows if timeuuid.to_micros(r[1]) >= split}
     assert log_streams <= set(emu.tablet_sets(outbox.table)[-1].streams), "post-split rows use the new streams"
 
 

@@ -88,12 +88,13 @@ def _kafka(cfg) -> tuple[bool, str]:
 def _redis(cfg) -> tuple[bool, str]:
     import redis
 
+    from relay.config import mask_url
     from relay.connect import redis_client
 
     try:
         client = redis_client(cfg)
         client.ping()
         info = client.info("server")
-        return True, f"{cfg.redis.url}: PONG, Redis {info.get('redis_version', '?')}"
+        return True, f"{mask_url(cfg.redis.url)}: PONG, Redis {info.get('redis_version', '?')}"
     except redis.RedisError as exc:
-        return False, f"{cfg.redis.url}: {exc}"
+        return False, f"{mask_url(cfg.redis.url)}: {exc}"

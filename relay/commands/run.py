@@ -33,7 +33,18 @@ def _run(args) -> int:
     # Before anything imports prometheus_client: multiprocess mode is chosen at import time.
     from relay.metrics import prepare_multiproc_dir
 
-    prepare_multiproc_dir(os.path.join(tempfile.gettempdir(), f"relay-metrics-{os.getpid()}"))
+    own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = prepare_multiproc_dir(os.path.join(tempfile.gettempdir(), f"relay-metrics-{os.getpid()}"))
+    try:
+        return _supervise(args)
+    finally:
+        if own_dir:  # ours alone: a user-provided dir (e.g. a k8s emptyDir) is wiped at the next start
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(args) -> int:
 
     import logging
 

@@ -73,6 +73,11 @@ def _status(args) -> int:
         raise UserError(f"{cfg.source}: tables: no [[tables]] configured")
     session = connect.cql_session(cfg)
     try:
+        ks = cfg.scylla.relay_keyspace
+        names = {r[0] for r in session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))}
+        if not {"checkpoints", "dead_letters"} <= names:
+            raise UserError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
         try:
             data = collect(cfg, session)
         except Exception as exc:  # noqa: BLE001 - e.g. schema not applied: say so in one line
