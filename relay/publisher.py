@@ -128,7 +128,9 @@ class Publisher:
                 taken = self._take(reports, taken, outcome, transient, sent_at)
         deadline = time.monotonic() + self.cfg.kafka.delivery_timeout_seconds + 10
         while taken < pending:
-            self._poll(0.05)
+            # flush(), unlike poll(), sends the queued tail at once instead of after linger.ms:
+            # the window is complete, nothing more is coming to batch with it.
+            self._poll(0.05, flush=True)
             taken = self._take(reports, taken, outcome, transient, sent_at)
             if time.monotonic() > deadline:
                 # librdkafka promises a report per message within message.timeout.ms; if not, treat
@@ -138,9 +140,12 @@ class Publisher:
             raise TransientPublishError(f"{len(transient)} of {len(events)} records not acknowledged: {transient[0]}")
         return outcome
 
-    def _poll(self, timeout: float) -> None:
+    def _poll(self, timeout: float, flush: bool = False) -> None:
         try:
-            self.producer.poll(timeout)
+            if flush:
+                self.producer.flush(timeout)
+            else:
+                self.producer.poll(timeout)
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
