@@ -85,6 +85,20 @@ class Supervisor:
         self._assigned_keys: set[tuple] = set()
         self._expired_warned: set[tuple] = set()
         self._next_dlq = 0.0
+        self._next_status = 0.0
+        self._tasks_cache: dict[tuple, list[Task]] = {}
+        self._plan_key: tuple | None = None
+        self._plan: dict = {}
+
+    def _tasks_of(self, gen: Generation) -> list[Task]:
+        """Tasks of a generation, cut once: the loop asks for them many times a second."""
+        from relay.discovery import tasks_of
+
+        key = (gen.table, gen.start_us, gen.end_us)
+        cached = self._tasks_cache.get(key)
+        if cached is None:
+            cached = self._tasks_cache[key] = tasks_of(gen)
+        return cached
 
     # ------------------------------------------------------------------ lifecycle
     def install_signals(self) -> None:
@@ -211,9 +225,7 @@ class Supervisor:
             for table, gens in self.generations.items():
                 for gen in self._frontier(table, gens):
                     positions = self.checkpoints.load(table, gen.start_us)
-                    from relay.discovery import tasks_of
-
-                    for task in tasks_of(gen):
+                    for task in self._tasks_of(gen):
                         view = self.views.setdefault(task.key, TaskView(task))
                         view.task = task
                         if task.task_id in positions:
@@ -236,8 +248,6 @@ class Supervisor:
         return min(goals) if goals else None
 
     def _gen_complete(self, gen: Generation) -> bool:
-        from relay.discovery import tasks_of
-
         if self.until_us is not None and gen.start_us >= self.until_us:
             return True  # nothing of it is wanted
         goal = self._goal(gen)
@@ -251,7 +261,7 @@ class Supervisor:
             return True
         if gen.end_us is not None and self._skipped_by_start_from(gen):
             return True
-        for task in tasks_of(gen):
+        for task in self._tasks_of(gen):
             view = self.views.get(task.key)
             if view is None or view.position_us is None or view.position_us < goal:
                 return False
@@ -263,9 +273,8 @@ class Supervisor:
         if mode == "earliest":
             return False
         start = time.time() * 1e6 - (lookback * 1e6 if mode == "lookback" else 0)
-        from relay.discovery import tasks_of
-
-        unread = all(self.views.get(t.key) is None or self.views[t.key].position_us is None for t in tasks_of(gen))
+        unread = all(self.views.get(t.key) is None or self.views[t.key].position_us is None
+                     for t in self._tasks_of(gen))
         return unread and gen.end_us is not None and gen.end_us <= start
 
     def _oldest_live_us(self) -> int:
@@ -273,8 +282,6 @@ class Supervisor:
 
     def active_tasks(self) -> list[Task]:
         """Generation barrier: per table, only the oldest incomplete generation is read."""
-        from relay.discovery import tasks_of
-
         out: list[Task] = []
         for table, gens in self.generations.items():
             for gen in gens:
@@ -282,22 +289,24 @@ class Supervisor:
                     continue
                 if not self._views_loaded(gen):
                     break  # wait for its checkpoints before deciding
-                out.extend(tasks_of(gen))
+                out.extend(self._tasks_of(gen))
                 self.metrics.generation.labels(table).set(gen.start_us / 1e6)
                 break
         return out
 
     def _views_loaded(self, gen: Generation) -> bool:
-        from relay.discovery import tasks_of
-
-        return all(t.key in self.views for t in tasks_of(gen))
+        return all(t.key in self.views for t in self._tasks_of(gen))
 
     def step_assign(self) -> None:
         if not self.discovered:
             return
         tasks = {t.key: t for t in self.active_tasks()}
         # Plan by key: a task whose end becomes known must not move to another worker.
-        plan = assign(list(tasks), [s.index for s in self.slots])
+        plan_key = (frozenset(tasks), len(self.slots))
+        if plan_key != self._plan_key:
+            self._plan = assign(list(tasks), [s.index for s in self.slots])
+            self._plan_key = plan_key
+        plan = self._plan
         held = {s.index: s.held() for s in self.slots}
         for slot in self.slots:
             slot.tasks = [tasks[k] for k in plan[slot.index]]
@@ -417,6 +426,10 @@ class Supervisor:
             log.warning("counting dead letters failed: %s", exc)
 
     def step_status(self) -> None:
+        now = time.monotonic()
+        if now < self._next_status:
+            return
+        self._next_status = now + 0.5
         now_us = int(time.time() * 1e6)
         tasks = []
         lag: dict[str, float] = {}
