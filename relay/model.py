@@ -69,6 +69,7 @@ class OutboxEvent:
     key: bytes
     payload: bytes | None
     headers: dict[str, str] = field(default_factory=dict)
+    dedup_key: bytes | None = field(default=None, repr=False, compare=False)  # computed once, by Dedup
 
     @property
     def identity(self) -> tuple[bytes, uuid.UUID, int]:

@@ -62,6 +62,7 @@ class Worker:
         self.paused_until = 0.0
         self.assign_seq = 0
         self._rr = 0
+        self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
 
     # ---------------------------------------------------------------- boot
     def boot(self) -> None:
@@ -249,8 +250,16 @@ class Worker:
     def _start_position(self, task: Task) -> int:
         from relay.retry import cql_errors
 
-        known = self.retrier.call("checkpoint_read", cql_errors(), self.checkpoints.load, task.table,
-                                  task.generation_us)
+        # One read per generation serves all its tasks here (hundreds of vnodes at start-up);
+        # kept briefly, since a task handed back later may have moved on elsewhere.
+        cache_key = (task.table, task.generation_us)
+        cached = self._checkpoint_cache.get(cache_key)
+        if cached is None or time.monotonic() - cached[0] > 5.0:
+            known = self.retrier.call("checkpoint_read", cql_errors(), self.checkpoints.load, task.table,
+                                      task.generation_us)
+            self._checkpoint_cache[cache_key] = (time.monotonic(), known)
+        else:
+            known = cached[1]
         if task.task_id in known:
             return known[task.task_id]
         mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
