@@ -23,7 +23,7 @@ EXIT_BOOT_ERROR = 3
 CDC_TTL_DEFAULT_S = 86400
 MAX_EVENTS_PER_WINDOW = 20_000  # above this a task's window shrinks, bounding memory while catching up
 MIN_WINDOW_S = 0.05
-EMPTY_WINDOW_GROWTH = 8  # an empty window may grow to this many times [relay] window_seconds
+CATCH_UP_GROWTH = 8  # a light window may grow to this many times [relay] window_seconds
 
 
 @dataclass
@@ -314,13 +314,11 @@ class Worker:
         base = self.cfg.relay.window_seconds
         if result.events > MAX_EVENTS_PER_WINDOW:
             st.window_s = max(MIN_WINDOW_S, st.window_s / 2)
-        elif result.events == 0:
-            # Empty while catching up (a quiet stretch, an old generation): stride over it faster.
-            st.window_s = min(base * EMPTY_WINDOW_GROWTH, st.window_s * 2)
-        elif st.window_s > base:
-            st.window_s = base
-        elif result.events < MAX_EVENTS_PER_WINDOW / 4 and st.window_s < base:
-            st.window_s = min(base, st.window_s * 2)
+        elif result.events < MAX_EVENTS_PER_WINDOW / 4:
+            # Light windows while catching up: each window costs a query, a flush, Redis round
+            # trips and a checkpoint whatever it holds, so stride further (up to 8x the window).
+            # Live, the confidence bound keeps windows short anyway.
+            st.window_s = min(base * CATCH_UP_GROWTH, st.window_s * 2)
         caught_up = end >= now_us() - int((self.cfg.relay.confidence_seconds + self.cfg.relay.poll_interval_seconds)
                                           * 1e6)
         st.next_at = started + self.cfg.relay.poll_interval_seconds if caught_up else 0.0
