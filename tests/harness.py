@@ -120,8 +120,9 @@ class Outbox:
 class RelayProcess:
     """`python -m relay run` as a real process tree (supervisor + spawned workers)."""
 
-    def __init__(self, config: Path, *args: str, log: Path | None = None) -> None:
+    def __init__(self, config: Path, *args: str, log: Path | None = None, env: dict | None = None) -> None:
         self.config = config
+        self.extra_env = env or {}
         self.args = args
         self.log = log or config.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
         self.proc: subprocess.Popen | None = None
@@ -129,7 +130,7 @@ class RelayProcess:
         self.port = int(text.split("[metrics]")[1].split("port = ")[1].split()[0])
 
     def start(self) -> RelayProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self._fh = open(self.log, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(self.config), *self.args],
