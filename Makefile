@@ -27,14 +27,20 @@ stack-status:
 ## test: the whole suite against the real local stack (brings it up if needed).
 ## Phase 1 runs in parallel; phase 2 stops and starts Kafka/Redis, so it runs alone.
 test: venv stack-up
-	$(BIN)/pytest $(PYTEST_ARGS) -m "not outage"
-	$(BIN)/pytest -m outage
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not outage and not serial"
+	$(BIN)/pytest -m "outage or serial"
 
 lint: venv
 	$(BIN)/ruff check relay tests benchmarks
 
 demo: venv stack-up
 	$(BIN)/python -m relay.demo
+
+## bench: throughput, baselines, latency and discovery on the local stack (see benchmarks/README.md).
+## BENCH_EVENTS, BENCH_WORKERS, BENCH_LATENCY_SECONDS, BENCH_PROFILE=1 tune it; kept out of `make test`.
+bench: venv stack-up
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks
 
 clean:
 	$(STACK) down

@@ -1,0 +1,105 @@
+"""`python -m benchmarks.profiling run …` = `python -m relay run …` with every worker and the
+supervisor's run loop under cProfile (the benchmark sets BENCH_PROFILE=1 to use it). Each
+writes `$BENCH_PROFILE_DIR/worker<i>-<pid>.prof` / `supervisor-<pid>.prof` when it ends;
+`summarize` prints the top functions.
+
+cProfile sees the worker's main thread only: the driver's I/O loop thread (row decoding)
+and librdkafka's threads are not in it; the per-thread CPU split in the results covers them.
+Nothing in relay/ is changed: the supervisor's reference to `worker_main` is swapped for a
+wrapper before the CLI runs, and spawned workers unpickle the wrapper by its module name.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pstats
+import sys
+from pathlib import Path
+
+
+def profiled_worker_main(index, cfg, conn, until_us, log_level) -> None:
+    import cProfile
+
+    from relay.worker import worker_main
+
+    out = _profile_dir() / f"worker{index}-{os.getpid()}.prof"
+    prof = cProfile.Profile()
+    done = False
+
+    def dump() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            prof.disable()
+            prof.dump_stats(out)
+
+    real_exit = os._exit
+
+    def exit_after_dump(code: int) -> None:  # worker_main may end with os._exit (no finally runs then)
+        dump()
+        real_exit(code)
+
+    os._exit = exit_after_dump
+    prof.enable()
+    try:
+        worker_main(index, cfg, conn, until_us, log_level)
+    finally:
+        dump()
+
+
+def _profile_dir() -> Path:
+    import tempfile
+
+    path = Path(os.environ.get("BENCH_PROFILE_DIR") or tempfile.gettempdir())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def profiled(fn, name: str):
+    """fn under cProfile, dumped to $BENCH_PROFILE_DIR/<name>-<pid>.prof when it returns or raises."""
+    import cProfile
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            prof.disable()
+            prof.dump_stats(_profile_dir() / f"{name}-{os.getpid()}.prof")
+
+    return wrapper
+
+
+def summarize(paths: list[Path], top: int = 30) -> str:
+    """Top functions by own time and by cumulative time, merged over the given .prof files."""
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        return "(no profiles)"
+    stats = pstats.Stats(str(paths[0]), stream=io.StringIO())
+    for p in paths[1:]:
+        stats.add(str(p))
+    buf = io.StringIO()
+    stats.stream = buf
+    stats.strip_dirs()
+    buf.write(f"# {len(paths)} profile(s): {', '.join(p.name for p in paths)}\n\n## by own time (tottime)\n")
+    stats.sort_stats("tottime").print_stats(top)
+    buf.write("\n## by cumulative time\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        print(summarize([Path(p) for p in sys.argv[2:]]))
+        sys.exit(0)
+    import relay.supervisor
+    from benchmarks.profiling import profiled_worker_main as wrapper  # pickled as benchmarks.profiling.…
+
+    relay.supervisor.worker_main = wrapper
+    relay.supervisor.Supervisor.run = profiled(relay.supervisor.Supervisor.run, "supervisor")
+    from relay.cli import main
+
+    sys.exit(main())
