@@ -46,9 +46,16 @@ class LogReader:
             self.stmt = session.prepare(base)
         self.stmt.fetch_size = fetch_size
 
-    def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int) -> Iterator[Change]:
+    def start(self, streams: tuple[bytes, ...], start_us: int, end_us: int):
+        """Send the window's first page request now; `read(..., future=)` collects it later."""
+        return self.session.execute_async(self.stmt, (list(streams), as_datetime(start_us), as_datetime(end_us)))
+
+    def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int, future=None) -> Iterator[Change]:
         """Changes with start <= cdc$time < end (ms bounds, as minTimeuuid takes), in stream order."""
-        rs = self.session.execute(self.stmt, (list(streams), as_datetime(start_us), as_datetime(end_us)))
+        if future is not None:
+            rs = future.result()
+        else:
+            rs = self.session.execute(self.stmt, (list(streams), as_datetime(start_us), as_datetime(end_us)))
         group: list[dict[str, object]] = []
         key: tuple[bytes, object] | None = None
         while True:

@@ -24,6 +24,7 @@ CDC_TTL_DEFAULT_S = 86400
 MAX_EVENTS_PER_WINDOW = 20_000  # above this a task's window shrinks, bounding memory while catching up
 MIN_WINDOW_S = 0.05
 EMPTY_CHECKPOINT_INTERVAL_S = 5.0
+PREFETCH_WINDOWS = 8  # window reads in flight per worker
 CATCH_UP_GROWTH = 8  # a light window may grow to this many times [relay] window_seconds
 
 
@@ -143,12 +144,22 @@ class Worker:
             if now - last_hb >= 1.0:
                 self._heartbeat()
                 last_hb = now
-            state = self._next_due(now)
-            if state is None:
+            due = self._due(now, PREFETCH_WINDOWS)
+            if not due:
                 wait = min([s.next_at for s in self.tasks.values() if not s.finished] + [now + 0.5]) - now
                 self._handle_messages(max(0.0, min(wait, 0.5)))
                 continue
-            self._step(state)
+            # Send the reads of several due windows at once, then relay them one by one: later
+            # reads travel while earlier windows are published.
+            ready = []
+            for st in due:
+                end = self._guard(st, self._plan, st)
+                if end is not None:
+                    ready.append((st, end, self.readers[st.task.table].start(st.task.streams, st.position_us, end)))
+            for st, end, future in ready:
+                if self.stopping or time.monotonic() < self.paused_until:
+                    break  # the rest are re-read later from their unchanged positions
+                self._guard(st, self._window, st, end, future)
 
     def _handle_messages(self, timeout: float) -> bool:
         try:
@@ -185,16 +196,21 @@ class Worker:
                 if st.finished and (task.end_us is None or (st.position_us or 0) < task.end_us):
                     st.finished = False
 
-    def _next_due(self, now: float) -> TaskState | None:
+    def _due(self, now: float, limit: int) -> list[TaskState]:
+        """Up to `limit` tasks whose next window may be read, round-robin."""
         if now < self.paused_until:
-            return None
+            return []
         states = list(self.tasks.values())
+        out = []
         for i in range(len(states)):
             st = states[(self._rr + i) % len(states)]
             if not st.finished and st.next_at <= now:
-                self._rr = (self._rr + i + 1) % len(states)
-                return st
-        return None
+                out.append(st)
+                if len(out) == limit:
+                    self._rr = (self._rr + i + 1) % len(states)
+                    return out
+        self._rr = 0
+        return out
 
     def _heartbeat(self) -> None:
         positions = {k: (s.position_us, s.finished, s.last_error) for k, s in self.tasks.items()}
@@ -222,16 +238,19 @@ class Worker:
                             table, value)
 
     # ---------------------------------------------------------------- one window
-    def _step(self, st: TaskState) -> None:
+    def _guard(self, st: TaskState, fn, *args):
+        """Run one step of a task; every failure becomes a back-off of that task, never a crash."""
         from pybreaker import CircuitBreakerError
 
         from relay.dedup import DedupUnavailable
         from relay.publisher import FatalProducerError, TransientPublishError
 
         try:
-            self._window(st)
-            st.failures = 0
-            st.last_error = ""
+            result = fn(*args)
+            if fn == self._window:
+                st.failures = 0
+                st.last_error = ""
+            return result
         except CircuitBreakerError:
             # An open breaker pauses all reading in this worker until it may half-open.
             self.paused_until = time.monotonic() + min(self.cfg.breaker.reset_timeout_seconds, 5.0)
@@ -306,8 +325,8 @@ class Worker:
         self.retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, task, start)
         return start
 
-    def _window(self, st: TaskState) -> None:
-
+    def _plan(self, st: TaskState) -> int | None:
+        """The end of the task's next window, or None when there is nothing to read yet."""
         task = st.task
         if st.position_us is None:
             st.position_us = self._start_position(task)
@@ -328,9 +347,13 @@ class Worker:
                 self._heartbeat()
             else:
                 st.next_at = time.monotonic() + self.cfg.relay.poll_interval_seconds
-            return
+            return None
+        return end
+
+    def _window(self, st: TaskState, end: int, future=None) -> None:
+        task = st.task
         started = time.monotonic()
-        result = self._relay_window(st, end)
+        result = self._relay_window(st, end, future)
         st.position_us = end
         goals = [x for x in (task.end_us, self.until_us) if x is not None]
         # A window that carried events is checkpointed at once. Empty ones (most windows of a
@@ -352,7 +375,7 @@ class Worker:
                                           * 1e6)
         st.next_at = started + self.cfg.relay.poll_interval_seconds if caught_up else 0.0
 
-    def _relay_window(self, st: TaskState, end: int) -> WindowResult:
+    def _relay_window(self, st: TaskState, end: int, future=None) -> WindowResult:
         from relay.mapping import Poison
         from relay.retry import cql_errors
 
@@ -360,8 +383,13 @@ class Worker:
         m = self.metrics
         res = WindowResult()
         t0 = time.monotonic()
-        changes = self.retrier.call("cql_read", cql_errors(),
-                                    lambda: list(self.readers[task.table].read(task.streams, st.position_us, end)))
+        pending = [future]  # the prefetched first page serves the first attempt only
+
+        def read():
+            first, pending[0] = pending[0], None
+            return list(self.readers[task.table].read(task.streams, st.position_us, end, first))
+
+        changes = self.retrier.call("cql_read", cql_errors(), read)
         m.cql_read.labels(task.table).observe(time.monotonic() - t0)
         events: list[OutboxEvent] = []
         poisons: list[Poison] = []
