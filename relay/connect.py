@@ -63,6 +63,17 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
     return session
 
 
+def table_metadata(session, qualified: str):
+    """The table's driver metadata, or None; refreshed, since another process may have just created it."""
+    keyspace, name = qualified.split(".", 1)
+    cluster = session.cluster
+    cluster.refresh_keyspace_metadata(keyspace)  # refreshing a table of an unknown keyspace is a no-op
+    if keyspace not in cluster.metadata.keyspaces:
+        return None
+    cluster.refresh_table_metadata(keyspace, name)
+    return cluster.metadata.keyspaces[keyspace].tables.get(name)
+
+
 def redis_client(cfg: Config):
     """A Redis client that fails fast (no hidden 10-attempt retry loop): relay decides what an outage means."""
     import redis

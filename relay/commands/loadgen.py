@@ -13,9 +13,7 @@ CQL inserts and the server writes the CDC log itself.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import re
 import time
 import uuid
@@ -26,6 +24,7 @@ from string import Template
 from typing import Any
 
 from relay.config import Config, TableConfig
+from relay.connect import table_metadata
 from relay.errors import UserError
 from relay.progress import Progress
 
@@ -200,17 +199,6 @@ def shape_of(session, table: TableConfig, aggregate_type: str) -> Shape:
     return Shape(table, types, tuple(col.name for col in meta.clustering_key), aggregate_type)
 
 
-def table_metadata(session, qualified: str):
-    """The table's driver metadata, or None; refreshed, since another process may have just created it."""
-    keyspace, name = qualified.split(".", 1)
-    cluster = session.cluster
-    cluster.refresh_keyspace_metadata(keyspace)  # refreshing a table of an unknown keyspace is a no-op
-    if keyspace not in cluster.metadata.keyspaces:
-        return None
-    cluster.refresh_table_metadata(keyspace, name)
-    return cluster.metadata.keyspaces[keyspace].tables.get(name)
-
-
 # --------------------------------------------------------------------------- sessions and schema
 
 def replication_literal(replication: Mapping[str, Any]) -> str:
@@ -241,25 +229,6 @@ def plain_session(cfg: Config, *, connect_timeout: float = 10.0):
         where = ", ".join(f"{h}:{s.port}" for h in s.contact_points)
         raise UserError(f"cannot connect to Scylla/Cassandra at {where}: {reason}") from None
     return session
-
-
-class _DropBatchlogWarnings(logging.Filter):
-    """Cassandra warns on every logged batch that touches the emulated log table (gc_grace_seconds = 0,
-    as Scylla sets it); one warning per event would bury the output."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "gc_grace_seconds" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_emulation() -> Iterator[None]:
-    logger = logging.getLogger("cassandra.protocol")
-    dropper = _DropBatchlogWarnings()
-    logger.addFilter(dropper)
-    try:
-        yield
-    finally:
-        logger.removeFilter(dropper)
 
 
 def outbox_statements(cfg: Config, table: TableConfig) -> list[str]:
@@ -348,9 +317,8 @@ def generate(cfg: Config, table: str, events: int, aggregates: int, *, rate: flo
 
     session = plain_session(cfg) if emulate else cql_session(cfg)
     try:
-        with _quiet_emulation():
-            return _run(session, cfg, tcfg, events, aggregates, rate, emulate, payload_bytes,
-                        tuple(event_types), aggregate_type, concurrency, progress)
+        return _run(session, cfg, tcfg, events, aggregates, rate, emulate, payload_bytes,
+                    tuple(event_types), aggregate_type, concurrency, progress)
     finally:
         session.cluster.shutdown()
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay.config import Config, TableConfig
+from relay.connect import table_metadata
 from relay.errors import UserError
 from relay.model import HEADER_ID, HEADER_SOURCE
 from relay.progress import Progress
@@ -163,17 +164,6 @@ def _topic(template: str, fields: list[str], values: Mapping[str, object]) -> st
         return template.format(**texts)
     except (KeyError, ValueError, IndexError):
         return None
-
-
-def table_metadata(session, qualified: str):
-    """The table's driver metadata, or None; refreshed, since another process may have just created it."""
-    keyspace, name = qualified.split(".", 1)
-    cluster = session.cluster
-    cluster.refresh_keyspace_metadata(keyspace)  # refreshing a table of an unknown keyspace is a no-op
-    if keyspace not in cluster.metadata.keyspaces:
-        return None
-    cluster.refresh_table_metadata(keyspace, name)
-    return cluster.metadata.keyspaces[keyspace].tables.get(name)
 
 
 # --------------------------------------------------------------------------- delivered (from Kafka)
