@@ -133,8 +133,7 @@ def run_latency(stack: Stack, workdir: Path, keyspace: str, *, rate: float, seco
     # The live table and its emulated log exist before relay starts (the generation is the backlog's).
     session = loadgen.plain_session(cfg)
     try:
-        with loadgen._quiet_emulation():
-            loadgen.prepare_emulation(session, cfg, cfg.table(table))
+        loadgen.prepare_emulation(session, cfg, cfg.table(table))
     finally:
         session.cluster.shutdown()
 
