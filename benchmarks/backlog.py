@@ -48,6 +48,7 @@ def write_backlog(stack: Stack, workdir: Path, keyspace: str, *, events: int, ag
     from relay import config as relay_config
     from relay.commands import loadgen
     from relay.progress import Progress
+    from relay.schema import replication_literal
     from relay.testing import CdcEmulator, now_micros
 
     table = f"{keyspace}.outbox"
@@ -58,7 +59,7 @@ def write_backlog(stack: Stack, workdir: Path, keyspace: str, *, events: int, ag
     session = loadgen.plain_session(cfg)
     try:
         emu = CdcEmulator(session, keyspace, keyspace,
-                          replication=loadgen.replication_literal(cfg.scylla.relay_replication))
+                          replication=replication_literal(cfg.scylla.relay_replication))
         emu.create_metadata_tables()
         gen = emu.open_generation(now_micros() - 2_000_000, vnodes=vnodes, shards=shards, seed=7)
     finally:

@@ -22,6 +22,7 @@ def build_and_measure(stack: Stack, workdir: Path, keyspace: str, *, vnodes: int
                       slots: int = 4) -> dict:
     from relay import config as relay_config
     from relay.commands import loadgen
+    from relay.schema import replication_literal
     from relay.testing import CdcEmulator, now_micros
 
     config = common.write_config(workdir / "discovery.toml", stack, keyspace=keyspace, relay_keyspace=keyspace,
@@ -31,7 +32,7 @@ def build_and_measure(stack: Stack, workdir: Path, keyspace: str, *, vnodes: int
     session = loadgen.plain_session(cfg)
     try:
         emu = CdcEmulator(session, keyspace, keyspace,
-                          replication=loadgen.replication_literal(cfg.scylla.relay_replication))
+                          replication=replication_literal(cfg.scylla.relay_replication))
         emu.create_metadata_tables()
         t0 = time.perf_counter()
         gen = emu.open_generation(now_micros() - 1_000_000, vnodes=vnodes, shards=shards, seed=11)

@@ -28,11 +28,11 @@ class CheckpointStore:
         self.session.execute(self._save, (position_uuid(position_us), self.owner, datetime.now(UTC), task.table,
                                           as_datetime(task.generation_us), task.task_id))
 
-    def load(self, table: str, generation_us: int) -> dict[int, int]:
-        """task id → position (µs) for one generation of one table."""
-        rows = self.session.execute(self._load, (table, as_datetime(generation_us)))
-        return {r[0]: timeuuid.to_micros(r[1]) for r in rows if r[1] is not None}
-
     def load_full(self, table: str, generation_us: int) -> list[tuple[int, int, str, datetime]]:
+        """(task id, position µs, owner, updated_at) for one generation of one table."""
         rows = self.session.execute(self._load, (table, as_datetime(generation_us)))
         return [(r[0], timeuuid.to_micros(r[1]), r[2], r[3]) for r in rows if r[1] is not None]
+
+    def load(self, table: str, generation_us: int) -> dict[int, int]:
+        """task id → position (µs) for one generation of one table."""
+        return {task_id: position for task_id, position, _, _ in self.load_full(table, generation_us)}

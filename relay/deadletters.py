@@ -2,7 +2,7 @@
 rewrites the same row instead of adding a duplicate."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from relay.model import OutboxEvent
 
@@ -33,3 +33,11 @@ class DeadLetterWriter:
 
 
 _FAR_FUTURE_US = 2**62
+
+
+def count_pending(session, keyspace: str, table: str, days: int = 7) -> int:
+    """Dead letters of `table` still pending, over the last `days` day partitions."""
+    today = datetime.now(UTC).date()
+    stmt = session.prepare(f"SELECT status FROM {keyspace}.dead_letters WHERE source_table = ? AND day = ?")
+    return sum(1 for d in range(days) for r in session.execute(stmt, (table, today - timedelta(days=d)))
+               if r[0] == "pending")

@@ -10,7 +10,6 @@ with one IN query); one per stream for tablets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from relay.config import Config, TableConfig
@@ -120,6 +119,3 @@ class Discovery:
             rows = self.session.execute(self._q_tab_streams, (table.keyspace, table.table, t))
             self._tablet_streams[key] = tuple(sorted((r[0] for r in rows), key=stream_token))
         return self._tablet_streams[key]
-
-    def all_tasks(self, tables: Iterable[TableConfig]) -> dict[str, list[tuple[Generation, list[Task]]]]:
-        return {t.name: [(g, tasks_of(g)) for g in self.generations(t)] for t in tables}

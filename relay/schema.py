@@ -2,18 +2,31 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from importlib import resources
 from string import Template
+from typing import Any
 
 from relay.config import Config
 
+RELAY_TABLES = frozenset({"checkpoints", "dead_letters"})
 
-def _replication(cfg: Config) -> str:
-    parts = []
-    for key, value in cfg.scylla.relay_replication.items():
-        rendered = str(value) if isinstance(value, int) and not isinstance(value, bool) else str(value)
-        parts.append(f"'{key}': '{rendered}'")
-    return "{" + ", ".join(parts) + "}"
+
+def replication_literal(replication: Mapping[str, Any]) -> str:
+    """A replication map as CQL: {'class': 'SimpleStrategy', 'replication_factor': '1'}."""
+    return "{" + ", ".join(f"'{k}': '{v}'" for k, v in replication.items()) + "}"
+
+
+def missing_relay_tables(session, keyspace: str) -> set[str]:
+    """relay's tables absent from `keyspace` (all of them when the keyspace does not exist)."""
+    rows = session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))
+    return set(RELAY_TABLES - {r[0] for r in rows})
+
+
+def has_cdc_log(session, keyspace: str, table: str) -> bool:
+    rows = session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s AND "
+                           "table_name = %s", (keyspace, f"{table}_scylla_cdc_log"))
+    return rows.one() is not None
 
 
 def render(name: str, keyspace: str, replication: str) -> str:
@@ -28,7 +41,8 @@ def statements(text: str) -> list[str]:
 
 
 def relay_schema(cfg: Config) -> list[str]:
-    return statements(render("relay.cql", cfg.scylla.relay_keyspace, _replication(cfg)))
+    return statements(render("relay.cql", cfg.scylla.relay_keyspace,
+                             replication_literal(cfg.scylla.relay_replication)))
 
 
 def apply(session, cfg: Config) -> list[str]:

@@ -146,16 +146,13 @@ class Supervisor:
 
     def _require_schema(self) -> None:
         from relay.errors import UserError
+        from relay.schema import has_cdc_log, missing_relay_tables
 
         ks = self.cfg.scylla.relay_keyspace
-        rows = self.session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))
-        names = {r[0] for r in rows}
-        if not {"checkpoints", "dead_letters"} <= names:
+        if missing_relay_tables(self.session, ks):
             raise UserError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
         for t in self.cfg.tables:
-            log_rows = self.session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s "
-                                            "AND table_name = %s", (t.keyspace, f"{t.table}_scylla_cdc_log"))
-            if log_rows.one() is None:
+            if not has_cdc_log(self.session, t.keyspace, t.table):
                 raise UserError(f"{self.cfg.source}: tables: {t.name} has no CDC log ({t.table}_scylla_cdc_log); "
                                 f"enable CDC on it: ALTER TABLE {t.name} WITH cdc = {{'enabled': true}}")
 
@@ -410,17 +407,11 @@ class Supervisor:
         if now < self._next_dlq:
             return
         self._next_dlq = now + 30.0
-        from datetime import UTC, datetime, timedelta
+        from relay.deadletters import count_pending
 
         try:
-            today = datetime.now(UTC).date()
             for t in self.cfg.tables:
-                pending = 0
-                for d in range(7):
-                    rows = self.session.execute(
-                        f"SELECT status FROM {self.cfg.scylla.relay_keyspace}.dead_letters "
-                        f"WHERE source_table = %s AND day = %s", (t.name, today - timedelta(days=d)))
-                    pending += sum(1 for r in rows if r[0] == "pending")
+                pending = count_pending(self.session, self.cfg.scylla.relay_keyspace, t.name)
                 self.metrics.dlq_pending.labels(t.name).set(pending)
         except Exception as exc:  # noqa: BLE001 - a gauge must not stop the supervisor
             log.warning("counting dead letters failed: %s", exc)

@@ -31,6 +31,7 @@ def _check(args) -> int:
 def _scylla(cfg) -> tuple[bool, str]:
     from relay import connect
     from relay.discovery import Discovery
+    from relay.schema import has_cdc_log, missing_relay_tables
 
     where = ", ".join(f"{h}:{cfg.scylla.port}" for h in cfg.scylla.contact_points)
     try:
@@ -42,18 +43,14 @@ def _scylla(cfg) -> tuple[bool, str]:
         notes = [f"{where}, release {version}"]
         ok = True
         ks = cfg.scylla.relay_keyspace
-        tables = {r[0] for r in session.execute(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))}
-        if {"checkpoints", "dead_letters"} <= tables:
+        if not missing_relay_tables(session, ks):
             notes.append(f"keyspace {ks} ok")
         else:
             ok = False
             notes.append(f"keyspace {ks} lacks relay's tables (run `relay schema apply`)")
         discovery = Discovery(session, cfg)
         for t in cfg.tables:
-            log_ok = session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s AND "
-                                     "table_name = %s", (t.keyspace, f"{t.table}_scylla_cdc_log")).one()
-            if log_ok is None:
+            if not has_cdc_log(session, t.keyspace, t.table):
                 ok = False
                 notes.append(f"{t.name}: no CDC log (enable cdc on the table)")
                 continue

@@ -27,6 +27,7 @@ from relay.config import Config, TableConfig
 from relay.connect import table_metadata
 from relay.errors import UserError
 from relay.progress import Progress
+from relay.schema import replication_literal
 
 DEFAULT_EVENT_TYPES = ("created", "updated")
 # Slices are kept small so progress and --rate pacing stay smooth; concurrency bounds in-flight writes.
@@ -200,10 +201,6 @@ def shape_of(session, table: TableConfig, aggregate_type: str) -> Shape:
 
 
 # --------------------------------------------------------------------------- sessions and schema
-
-def replication_literal(replication: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"'{k}': '{v}'" for k, v in replication.items()) + "}"
-
 
 def plain_session(cfg: Config, *, connect_timeout: float = 10.0):
     """A session with the driver's default named-tuple rows, as CdcEmulator expects."""

@@ -18,6 +18,7 @@ def register(sub, common) -> None:
 
 def collect(cfg, session) -> dict:
     from relay.checkpoints import CheckpointStore
+    from relay.deadletters import count_pending
     from relay.discovery import Discovery, tasks_of
 
     discovery = Discovery(session, cfg)
@@ -42,19 +43,9 @@ def collect(cfg, session) -> dict:
                                   "position_us": cps.get(x.task_id, (None,))[0],
                                   "owner": cps.get(x.task_id, (None, None))[1]} for x in tasks]}
             info["generations"].append(gen)
-        info["dead_letters_pending"] = _pending(session, cfg, t.name)
+        info["dead_letters_pending"] = count_pending(session, cfg.scylla.relay_keyspace, t.name)
         out["tables"][t.name] = info
     return out
-
-
-def _pending(session, cfg, table: str, days: int = 7) -> int:
-    from datetime import UTC, datetime, timedelta
-
-    today = datetime.now(UTC).date()
-    stmt = session.prepare(f"SELECT status FROM {cfg.scylla.relay_keyspace}.dead_letters "
-                           f"WHERE source_table = ? AND day = ?")
-    return sum(1 for d in range(days) for r in session.execute(stmt, (table, today - timedelta(days=d)))
-               if r[0] == "pending")
 
 
 def _fmt_ts(us: int | None) -> str:
@@ -67,6 +58,7 @@ def _fmt_ts(us: int | None) -> str:
 
 def _status(args) -> int:
     from relay import config, connect
+    from relay.schema import missing_relay_tables
 
     cfg = config.load(args.config)
     if not cfg.tables:
@@ -74,9 +66,7 @@ def _status(args) -> int:
     session = connect.cql_session(cfg)
     try:
         ks = cfg.scylla.relay_keyspace
-        names = {r[0] for r in session.execute(
-            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (ks,))}
-        if not {"checkpoints", "dead_letters"} <= names:
+        if missing_relay_tables(session, ks):
             raise UserError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
         try:
             data = collect(cfg, session)
