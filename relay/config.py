@@ -22,6 +22,7 @@ from relay.errors import ConfigError
 
 CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 OPERATIONS = ("insert", "update")
+MIN_CONFIDENCE_S = 1.0
 SECRET_KEYS = {"password", "sasl.password", "ssl.key.password", "ssl.keystore.password",
                "sasl.oauthbearer.client.secret"}
 
@@ -214,8 +215,23 @@ class Config:
                     "generation_poll_seconds", "heartbeat_timeout_seconds"):
             if getattr(r, key) <= 0:
                 raise bad(f"relay.{key}", "must be > 0")
-        if r.confidence_seconds < 0:
-            raise bad("relay.confidence_seconds", "must be >= 0")
+        if r.confidence_seconds < MIN_CONFIDENCE_S:
+            raise bad("relay.confidence_seconds", f"must be >= {MIN_CONFIDENCE_S}: rows reach the CDC log up to a "
+                      "write timeout after their timestamp, and reading closer to now loses them")
+        # Timeout hierarchy: the worker's loop ticks its progress between blocking calls, so every
+        # single wait must end well before the supervisor's patience runs out (DESIGN §4).
+        for key, value in (("scylla.request_timeout_seconds", self.scylla.request_timeout_seconds),
+                           ("redis.socket_timeout_seconds", self.redis.socket_timeout_seconds)):
+            if value <= 0:
+                raise bad(key, "must be > 0")
+            if value * 2 > r.heartbeat_timeout_seconds:
+                raise bad(key, f"{value}s must be at most half of relay.heartbeat_timeout_seconds "
+                          f"({r.heartbeat_timeout_seconds}s), or a slow request looks like a hung worker")
+        if self.kafka.delivery_timeout_seconds <= 0:
+            raise bad("kafka.delivery_timeout_seconds", "must be > 0")
+        if self.dlq.auto_replay:
+            raise bad("dlq.auto_replay", "automatic dead-letter replay is not available yet; remove the key "
+                      "(replay is manual until then)")
         parse_start_from(r.start_from, src)
         if self.retry.preset not in PRESETS:
             raise bad("retry.preset", f"{self.retry.preset!r}: use {' or '.join(PRESETS)}")

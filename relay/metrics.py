@@ -67,6 +67,12 @@ class WorkerMetrics:
         self.ttl_margin = Gauge("relay_checkpoint_ttl_margin_seconds",
                                 "Seconds before the oldest checkpoint falls out of the CDC TTL", ["table"],
                                 multiprocess_mode="livemin", registry=r)
+        self.clock_ahead = Gauge("relay_clock_ahead_seconds",
+                                 "How far relay's clock runs ahead of the cluster's (windows are held back "
+                                 "by as much)", ["worker"], multiprocess_mode="livemax", registry=r)
+        self.dlq_write_failures = Counter("relay_dlq_write_failures_total",
+                                          "Dead-letter writes that failed after their retries", ["table"],
+                                          registry=r)
 
 
 class SupervisorMetrics:
@@ -78,6 +84,11 @@ class SupervisorMetrics:
         self.worker_restarts = Counter("relay_worker_restarts_total", "Worker processes restarted", registry=None)
         self.generation = Gauge("relay_generation_current_seconds", "Start of the generation being read",
                                 ["table"], multiprocess_mode="livemax", registry=None)
+        self.workers_hung = Counter("relay_worker_hangs_total",
+                                    "Workers killed because their loop made no progress", registry=None)
+        self.generations_expired = Counter("relay_generations_expired_total",
+                                           "Generations skipped because their rows outlived the CDC TTL",
+                                           ["table"], registry=None)
         self.dlq_pending = Gauge("relay_dlq_pending", "Dead letters with status pending (last 7 days)",
                                  ["table"], multiprocess_mode="livemax", registry=None)
 

@@ -38,6 +38,10 @@ class TransientPublishError(Exception):
     """Some records were not acknowledged for reasons that pass (timeouts, brokers down)."""
 
 
+class PublishAborted(Exception):
+    """The worker is stopping (or its supervisor is gone) while a window waits for its reports."""
+
+
 class FatalProducerError(Exception):
     """The producer instance is unusable (librdkafka fatal error): flush, rebuild, re-read."""
 
@@ -89,11 +93,12 @@ class Publisher:
     def breaker_state(self) -> str:
         return self.breaker.current_state
 
-    def publish(self, events: Sequence[OutboxEvent]) -> PublishOutcome:
+    def publish(self, events: Sequence[OutboxEvent],
+                should_abort: Callable[[], bool] = lambda: False) -> PublishOutcome:
         """Raises pybreaker.CircuitBreakerError while the breaker is open."""
-        return self.breaker.call(self._publish, events)
+        return self.breaker.call(self._publish, events, should_abort)
 
-    def _publish(self, events: Sequence[OutboxEvent]) -> PublishOutcome:
+    def _publish(self, events: Sequence[OutboxEvent], should_abort: Callable[[], bool]) -> PublishOutcome:
         outcome = PublishOutcome()
         if not events:
             return outcome
@@ -135,6 +140,8 @@ class Publisher:
             # the window is complete, nothing more is coming to batch with it.
             self._poll(0.05, flush=True)
             taken = self._take(reports, taken, outcome, transient, sent_at)
+            if taken < pending and should_abort():
+                raise PublishAborted(f"{pending - taken} delivery reports outstanding")
             if time.monotonic() > deadline:
                 # librdkafka promises a report per message within message.timeout.ms; if not, treat
                 # the rest as unknown and re-read the window (dedup skips what did get through).

@@ -19,6 +19,14 @@ def cql_errors() -> tuple[type[BaseException], ...]:
     return (OperationTimedOut, ReadTimeout, WriteTimeout, Unavailable, NoHostAvailable, ConnectionException)
 
 
+def dlq_errors() -> tuple[type[BaseException], ...]:
+    """Every driver error, for dead-letter writes: a refused write (InvalidRequest, WriteFailure)
+    is retried too, then surfaced - never left as a silent re-read loop."""
+    from cassandra import DriverException, RequestExecutionException, RequestValidationException
+
+    return (*cql_errors(), DriverException, RequestExecutionException, RequestValidationException)
+
+
 class Retrier:
     """Runs an operation under the configured policy; `on_retry(operation)` counts each retry."""
 

@@ -17,10 +17,18 @@ from multiprocessing.connection import Connection
 
 from relay.assignment import assign
 from relay.config import Config, parse_start_from
+from relay.messages import Assign, Beat, BootError, Progress, Stop
 from relay.model import Generation, Task
+from relay.positions import generation_expired
 from relay.worker import CDC_TTL_DEFAULT_S, EXIT_BOOT_ERROR, worker_main
 
 log = logging.getLogger("relay.supervisor")
+
+
+def _iso(us: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat(timespec="milliseconds")
 
 LOOP_INTERVAL_S = 0.1
 CHECKPOINT_REFRESH_S = 2.0
@@ -40,8 +48,11 @@ class Slot:
     sent: list[Task] | None = None
     seq: int = 0  # of the last assignment sent
     prev_keys: set[tuple] = field(default_factory=set)  # keys of the assignment before that
-    hb_seq: int = -1  # assignment the worker had applied at its last heartbeat
+    hb_seq: int = -1  # assignment the worker had applied at its last progress report
     hb_keys: set[tuple] = field(default_factory=set)  # tasks it held then
+    idle_s: float = 0.0  # how long its loop had made no progress, at its last beat
+    dlq_failing: str = ""
+    clock_ahead_s: float = 0.0
 
     def held(self) -> set[tuple]:
         """Tasks this worker may still be working on. Until it confirms the latest assignment,
@@ -89,6 +100,8 @@ class Supervisor:
         self._tasks_cache: dict[tuple, list[Task]] = {}
         self._plan_key: tuple | None = None
         self._plan: dict = {}
+        self.ttl_by_table: dict[str, int] = {}
+        self._first_start_done: set[str] = set()
 
     def _tasks_of(self, gen: Generation) -> list[Task]:
         """Tasks of a generation, cut once: the loop asks for them many times a second."""
@@ -125,6 +138,7 @@ class Supervisor:
                         break
                 else:
                     self.step_discover()
+                    self.step_first_start()
                     self.step_checkpoints()
                     self.step_assign()
                     self.step_reap()
@@ -178,7 +192,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.process is not None and slot.process.is_alive():
                 if graceful:
-                    self._send(slot, ("stop", True))
+                    self._send(slot, Stop())
                 else:
                     slot.process.kill()
 
@@ -206,11 +220,43 @@ class Supervisor:
                 if not gens:
                     log.warning("%s: no CDC generation published yet", table.name)
                 self.generations[table.name] = gens
+                ttl = getattr(self.discovery, "cdc_ttl_seconds", lambda _t: CDC_TTL_DEFAULT_S)(table)
+                if ttl != self.ttl_by_table.get(table.name):
+                    self.ttl_by_table[table.name] = ttl
+                    self._plan_key = None  # workers learn the TTL with their next assignment
             self.discovered = True
             self._next_checkpoints = 0.0
         except Exception as exc:  # noqa: BLE001 - discovery retries on its next tick
             log.warning("discovery failed: %s", exc)
             self._next_discovery = now + 2.0
+
+    def step_first_start(self) -> None:
+        """relay's first start on a table (no checkpoint at all): apply start_from once, as checkpoints,
+        before any of its tasks runs. Every later decision reads them (relay.positions)."""
+        from relay.positions import first_start, start_from_instant
+        from relay.retry import Retrier, cql_errors
+
+        if not self.discovered:
+            return
+        for table, gens in self.generations.items():
+            if table in self._first_start_done or not gens:
+                continue
+            try:
+                if any(self.checkpoints.load(table, g.start_us) for g in gens):
+                    self._first_start_done.add(table)
+                    continue
+                mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
+                instant = start_from_instant(mode, lookback, int(time.time() * 1e6),
+                                             self.ttl_by_table.get(table, CDC_TTL_DEFAULT_S))
+                writes = first_start(((g, self._tasks_of(g)) for g in gens), instant)
+                retrier = Retrier(self.cfg)
+                for task, position in writes:
+                    retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, task, position)
+                self._first_start_done.add(table)
+                log.info("%s: first start, start_from=%s: reading from %s (%d checkpoints written)", table,
+                         self.cfg.relay.start_from, _iso(instant) if instant else "the oldest CDC row", len(writes))
+            except Exception as exc:  # noqa: BLE001 - tried again next loop; no task of the table runs before
+                log.warning("%s: deciding the first start failed: %s", table, exc)
 
     def step_checkpoints(self) -> None:
         """Refresh positions of the generations the barrier looks at, from Scylla."""
@@ -250,13 +296,13 @@ class Supervisor:
         goal = self._goal(gen)
         if goal is None or gen.end_us is None and self.until_us is None:
             return False
-        if gen.end_us is not None and gen.end_us < self._oldest_live_us():
+        ttl = self.ttl_by_table.get(gen.table, CDC_TTL_DEFAULT_S)
+        if generation_expired(gen, int(time.time() * 1e6), ttl):
             if gen.key not in self._expired_warned:
                 self._expired_warned.add(gen.key)
-                log.warning("%s: generation %s ended before the CDC TTL window; its data has expired, skipped",
-                            gen.table, gen.start_us)
-            return True
-        if gen.end_us is not None and self._skipped_by_start_from(gen):
+                self.metrics.generations_expired.labels(gen.table).inc()
+                log.warning("%s: generation %s ended more than the CDC TTL (%ds) ago; its rows have expired, "
+                            "skipped", gen.table, _iso(gen.start_us), ttl)
             return True
         for task in self._tasks_of(gen):
             view = self.views.get(task.key)
@@ -264,23 +310,12 @@ class Supervisor:
                 return False
         return True
 
-    def _skipped_by_start_from(self, gen: Generation) -> bool:
-        """A closed generation nobody ever read, wholly before where start_from begins."""
-        mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
-        if mode == "earliest":
-            return False
-        start = time.time() * 1e6 - (lookback * 1e6 if mode == "lookback" else 0)
-        unread = all(self.views.get(t.key) is None or self.views[t.key].position_us is None
-                     for t in self._tasks_of(gen))
-        return unread and gen.end_us is not None and gen.end_us <= start
-
-    def _oldest_live_us(self) -> int:
-        return int(time.time() * 1e6) - CDC_TTL_DEFAULT_S * 1_000_000
-
     def active_tasks(self) -> list[Task]:
         """Generation barrier: per table, only the oldest incomplete generation is read."""
         out: list[Task] = []
         for table, gens in self.generations.items():
+            if table not in self._first_start_done:
+                continue  # start_from is not pinned yet
             for gen in gens:
                 if self._gen_complete(gen):
                     continue
@@ -300,6 +335,7 @@ class Supervisor:
         tasks = {t.key: t for t in self.active_tasks()}
         # Plan by key: a task whose end becomes known must not move to another worker.
         plan_key = (frozenset(tasks), len(self.slots))
+        resend = self._plan_key is None
         if plan_key != self._plan_key:
             self._plan = assign(list(tasks), [s.index for s in self.slots])
             self._plan_key = plan_key
@@ -314,10 +350,10 @@ class Supervisor:
             # Handover: never give a task to a worker while another live worker may still hold it.
             others = set().union(*(h for i, h in held.items() if i != slot.index))
             sendable = [t for t in slot.tasks if t.key not in others]
-            if slot.sent != sendable:
+            if slot.sent != sendable or resend:
                 slot.prev_keys = {t.key for t in (slot.sent or [])}
                 slot.seq += 1
-                if self._send(slot, ("assign", slot.seq, sendable)):
+                if self._send(slot, Assign(slot.seq, tuple(sendable), dict(self.ttl_by_table))):
                     slot.sent = list(sendable)
         self._assigned_keys = set(tasks)
 
@@ -346,13 +382,17 @@ class Supervisor:
             except (EOFError, OSError):
                 slot.conn = None
 
-    def _on_message(self, slot: Slot, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "hb":
+    def _on_message(self, slot: Slot, msg) -> None:
+        if isinstance(msg, Beat):
             slot.last_heartbeat = time.monotonic()
-            slot.hb_seq = msg[4]
-            slot.hb_keys = set(msg[3])
-            for key, (position, finished, error) in msg[3].items():
+            slot.idle_s = msg.idle_s
+        elif isinstance(msg, Progress):
+            slot.last_heartbeat = time.monotonic()
+            slot.hb_seq = msg.assign_seq
+            slot.hb_keys = set(msg.positions)
+            slot.dlq_failing = msg.dlq_failing
+            slot.clock_ahead_s = msg.clock_ahead_s
+            for key, (position, finished, error) in msg.positions.items():
                 view = self.views.get(key)
                 if view is None:
                     continue
@@ -360,8 +400,8 @@ class Supervisor:
                     view.position_us = max(view.position_us or 0, position)
                 view.finished = finished
                 view.error = error
-        elif kind == "boot_error":
-            self.boot_error = f"worker {msg[1]}: {msg[2]}"
+        elif isinstance(msg, BootError):
+            self.boot_error = f"worker {msg.index}: {msg.message}"
 
     def step_reap(self) -> None:
         now = time.monotonic()
@@ -397,6 +437,14 @@ class Supervisor:
                 continue
             if now - max(slot.last_heartbeat, slot.started_at) > timeout:
                 log.error("worker %d (pid %s) sent no heartbeat for %.0fs; killing it", slot.index, proc.pid, timeout)
+                proc.kill()
+            elif slot.idle_s > timeout:
+                # It beats, but its loop is stuck beyond every bounded wait (each CQL request, Redis
+                # call and publish poll is far shorter and ticks its progress).
+                log.error("worker %d (pid %s) made no progress for %.0fs; killing it", slot.index, proc.pid,
+                          slot.idle_s)
+                self.metrics.workers_hung.inc()
+                slot.idle_s = 0.0
                 proc.kill()
         alive = sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
         self.metrics.workers_alive.set(alive)
@@ -439,12 +487,15 @@ class Supervisor:
                     else None} for s in self.slots]
         gens = {t: [{"start_us": g.start_us, "end_us": g.end_us, "streams": len(g.streams),
                      "complete": self._gen_complete(g)} for g in gl] for t, gl in self.generations.items()}
-        ready = self.discovered and not self.stopping and all(w["alive"] and w["heartbeat_age_seconds"] is not None
-                                                              for w in workers)
+        dlq_failing = [s.dlq_failing for s in self.slots if s.dlq_failing]
+        ready = self.discovered and not self.stopping and not dlq_failing and all(
+            w["alive"] and w["heartbeat_age_seconds"] is not None for w in workers)
         with self.status_lock:
             self.status = {"state": "stopping" if self.stopping else ("running" if ready else "starting"),
                            "replica": self.cfg.replica_id, "ready": ready, "workers": workers, "tasks": tasks,
-                           "lag_seconds": lag, "generations": gens, "until_us": self.until_us}
+                           "lag_seconds": lag, "generations": gens, "until_us": self.until_us,
+                           "dead_letter_writes_failing": dlq_failing[0] if dlq_failing else None,
+                           "clock_ahead_seconds": max((s.clock_ahead_s for s in self.slots), default=0.0)}
 
     def snapshot(self) -> dict:
         with self.status_lock:
@@ -462,6 +513,7 @@ class Supervisor:
         slot.last_heartbeat = 0.0
         slot.sent = None
         slot.seq, slot.hb_seq, slot.hb_keys, slot.prev_keys = 0, -1, set(), set()
+        slot.idle_s, slot.dlq_failing = 0.0, ""
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
 
     def _reaped(self, slot: Slot) -> None:

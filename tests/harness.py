@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +196,7 @@ class RelayProcess:
 @dataclass
 class Delivered:
     records: list[tuple[bytes, dict[str, str], bytes]]  # key, headers, value, in per-partition offset order
+    partitions: list[tuple[str, int]] = field(default_factory=list)  # (topic, partition) of each record
 
     @property
     def ids(self) -> collections.Counter:
@@ -202,16 +204,6 @@ class Delivered:
 
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.ids.values())
-
-    def per_aggregate(self) -> dict[str, list[str]]:
-        """First deliveries of each aggregate's events, in the order a consumer sees them."""
-        out: dict[str, list[str]] = collections.defaultdict(list)
-        seen = set()
-        for key, headers, _ in self.records:
-            if headers["id"] not in seen:
-                seen.add(headers["id"])
-                out[key.decode()].append(headers["id"])
-        return out
 
 
 def consume_all(bootstrap: str, topics: list[str], timeout: float = 30.0) -> Delivered:
@@ -237,24 +229,75 @@ def consume_all(bootstrap: str, topics: list[str], timeout: float = 30.0) -> Del
             if msg is None or msg.error() is not None:
                 continue
             k = (msg.topic(), msg.partition())
+            if msg.offset() >= ends[k]:
+                continue
             headers = {h: v.decode() for h, v in (msg.headers() or [])}
             by_partition[k].append((msg.key(), headers, msg.value()))
             if msg.offset() + 1 >= ends[k]:
                 remaining.discard(k)
         assert not remaining, f"could not read partitions {remaining} to their end within {timeout}s"
-        return Delivered([r for k in sorted(by_partition) for r in by_partition[k]])
+        keys = sorted(by_partition)
+        return Delivered([r for k in keys for r in by_partition[k]], [k for k in keys for _ in by_partition[k]])
     finally:
         consumer.close()
 
 
+@dataclass
+class AuditReport:
+    """What a consumer of the topics sees, against what was written."""
+
+    lost: list[str] = field(default_factory=list)
+    duplicated: dict[str, int] = field(default_factory=dict)  # id -> extra copies
+    unexpected: list[str] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)  # "aggregate: id i after id j"
+    split: dict[str, set] = field(default_factory=dict)  # aggregate -> the partitions it was found in
+
+    def problems(self, *, allow_duplicates: bool = False) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{len(self.lost)} lost, e.g. {sorted(self.lost)[:3]}")
+        if self.duplicated and not allow_duplicates:
+            out.append(f"{sum(self.duplicated.values())} duplicate records, e.g. {sorted(self.duplicated)[:3]}")
+        if self.unexpected:
+            out.append(f"{len(self.unexpected)} unexpected, e.g. {sorted(self.unexpected)[:3]}")
+        if self.out_of_order:
+            out.append(f"{len(self.out_of_order)} out of order, e.g. {self.out_of_order[:3]}")
+        if self.split:
+            agg, parts = next(iter(self.split.items()))
+            out.append(f"{len(self.split)} aggregates in several partitions, e.g. {agg} in {sorted(parts)}")
+        return out
+
+
+def audit(written: Mapping[str, list[str]], delivered: Delivered) -> AuditReport:
+    """Lost, duplicated, unexpected and out-of-order events per aggregate, over *every* delivery: an
+    aggregate's records must appear in written order in its partition, and a copy of an older record
+    after a newer one is out of order like any other. An aggregate found in two partitions is reported."""
+    report = AuditReport()
+    index = {eid: (agg, i) for agg, ids in written.items() for i, eid in enumerate(ids)}
+    counts = delivered.ids
+    report.lost = [eid for eid in index if eid not in counts]
+    report.duplicated = {eid: n - 1 for eid, n in counts.items() if n > 1}
+    report.unexpected = [eid for eid in counts if eid not in index]
+    newest: dict[str, tuple[int, str]] = {}
+    where: dict[str, set] = collections.defaultdict(set)
+    parts = delivered.partitions or [("?", 0)] * len(delivered.records)
+    for (key, headers, _), part in zip(delivered.records, parts, strict=True):
+        eid = headers["id"]
+        if eid not in index:
+            continue
+        agg, i = index[eid]
+        where[agg].add(part)
+        if key is None or key.decode() != agg:
+            report.out_of_order.append(f"{agg}: {eid} carries key {key!r}")
+        seen = newest.get(agg)
+        if seen is not None and i < seen[0]:
+            report.out_of_order.append(f"{agg}: #{i} ({eid}) after #{seen[0]} ({seen[1]})")
+        if seen is None or i > seen[0]:
+            newest[agg] = (i, eid)
+    report.split = {agg: p for agg, p in where.items() if len(p) > 1}
+    return report
+
+
 def assert_delivered_in_order(outbox: Outbox, delivered: Delivered, *, allow_duplicates: bool = False) -> None:
-    expected = outbox.expected_ids()
-    got = set(delivered.ids)
-    missing = expected - got
-    assert not missing, f"{len(missing)} of {len(expected)} events missing, e.g. {sorted(missing)[:3]}"
-    assert got <= expected, f"unexpected events: {sorted(got - expected)[:3]}"
-    if not allow_duplicates:
-        assert delivered.duplicates() == 0, f"{delivered.duplicates()} duplicate records"
-    per_agg = delivered.per_aggregate()
-    for agg, ids in outbox.written.items():
-        assert per_agg[agg] == ids, f"aggregate {agg}: delivered out of order"
+    problems = audit(outbox.written, delivered).problems(allow_duplicates=allow_duplicates)
+    assert not problems, "; ".join(problems)

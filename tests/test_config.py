@@ -147,7 +147,7 @@ def test_env_overrides_parse_int_float_bool_and_str(tmp_path):
         "RELAY_RELAY__WINDOW_SECONDS": "2.5",
         "RELAY_RELAY__WORKERS": "3",
         "RELAY_KAFKA__CREATE_TOPICS": "false",
-        "RELAY_DLQ__AUTO_REPLAY": "yes",
+        "RELAY_DLQ__AUTO_REPLAY": "no",
         "RELAY_KAFKA__BOOTSTRAP_SERVERS": "kafka-1:9092,kafka-2:9092",
         "RELAY_REDIS__ON_OUTAGE": "pause",
     })
@@ -155,7 +155,7 @@ def test_env_overrides_parse_int_float_bool_and_str(tmp_path):
     assert cfg.relay.window_seconds == 2.5
     assert cfg.relay.workers == 3 and cfg.worker_count == 3
     assert cfg.kafka.create_topics is False
-    assert cfg.dlq.auto_replay is True
+    assert cfg.dlq.auto_replay is False
     assert cfg.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert cfg.redis.on_outage == "pause"
     # Untouched keys keep the file's values.
@@ -325,7 +325,11 @@ def test_tables_must_be_an_array(tmp_path):
     ("scylla", "contact_points", "[]", "required"),
     ("relay", "workers", "-1", "must be >= 0"),
     ("relay", "window_seconds", "0", "must be > 0"),
-    ("relay", "confidence_seconds", "-1", "must be >= 0"),
+    ("relay", "confidence_seconds", "-1", "must be >= 1.0"),
+    ("relay", "confidence_seconds", "0.2", "must be >= 1.0"),
+    ("scylla", "request_timeout_seconds", "20", "at most half of relay.heartbeat_timeout_seconds"),
+    ("redis", "socket_timeout_seconds", "0", "must be > 0"),
+    ("dlq", "auto_replay", "true", "not available yet"),
     ("retry", "preset", '"reckless"', "use aggressive or conservative"),
     ("breaker", "fail_max", "0", "must be >= 1"),
     ("metrics", "port", "70000", "must be a TCP port"),

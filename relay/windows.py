@@ -1,0 +1,47 @@
+"""Window decisions of a task (DESIGN §3): where the next window ends, how wide it is, when its
+checkpoint is written. Pure: the worker feeds positions, clocks and outcomes, and acts on the answers.
+"""
+from __future__ import annotations
+
+MAX_EVENTS_PER_WINDOW = 20_000  # above this a window shrinks, bounding a worker's memory while catching up
+MIN_WINDOW_S = 0.05
+CATCH_UP_GROWTH = 8  # a light window may grow to this many times [relay] window_seconds
+EMPTY_CHECKPOINT_INTERVAL_S = 5.0
+
+
+def window_end(position_us: int, window_s: float, now_us: int, confidence_s: float, clock_ahead_s: float,
+               goal_us: int | None) -> int | None:
+    """The end of the next window, or None when nothing may be read yet.
+
+    Rows younger than the confidence window may still arrive with older timestamps, so reading stops
+    `confidence_s` before now - and before the *cluster's* now when relay's clock runs ahead of it."""
+    limit = now_us - int((confidence_s + max(0.0, clock_ahead_s)) * 1_000_000)
+    end = min(position_us + int(window_s * 1_000_000), limit)
+    if goal_us is not None:
+        end = min(end, goal_us)
+    end -= end % 1000  # minTimeuuid() takes milliseconds
+    return end if end > position_us else None
+
+
+def next_window_size(current_s: float, base_s: float, events: int, timed_out: bool = False) -> float:
+    """Shrink a window that carried too much (memory) or whose read timed out (a read that keeps
+    timing out must get smaller, not be retried whole forever); grow light ones back while catching
+    up, since each window costs a query, a flush and a checkpoint whatever it holds."""
+    if timed_out:
+        return max(MIN_WINDOW_S, current_s / 4)
+    if events > MAX_EVENTS_PER_WINDOW:
+        return max(MIN_WINDOW_S, current_s / 2)
+    if events < MAX_EVENTS_PER_WINDOW / 4:
+        return min(base_s * CATCH_UP_GROWTH, current_s * 2)
+    return current_s
+
+
+def checkpoint_due(events: int, now: float, saved_at: float, at_goal: bool) -> bool:
+    """A window that carried events is saved at once; empty ones only every few seconds (re-reading a
+    few empty seconds after a crash costs nothing, a write per empty window costs a lot)."""
+    return events > 0 or at_goal or now - saved_at >= EMPTY_CHECKPOINT_INTERVAL_S
+
+
+def caught_up(end_us: int, now_us: int, confidence_s: float, poll_interval_s: float, clock_ahead_s: float) -> bool:
+    """True when the window reached (almost) the newest readable instant: wait a poll interval."""
+    return end_us >= now_us - int((confidence_s + poll_interval_s + max(0.0, clock_ahead_s)) * 1_000_000)
