@@ -16,7 +16,12 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
     from cassandra import ConsistencyLevel
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-    from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
+    from cassandra.policies import (
+        DCAwareRoundRobinPolicy,
+        ExponentialReconnectionPolicy,
+        RoundRobinPolicy,
+        TokenAwarePolicy,
+    )
     from cassandra.query import tuple_factory
 
     s = cfg.scylla
@@ -31,6 +36,9 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
         "contact_points": list(s.contact_points), "port": s.port,
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
         "connect_timeout": connect_timeout, "control_connection_timeout": connect_timeout,
+        # The driver's default waits up to 10 minutes between attempts: after an outage relay would
+        # sit idle long after the nodes are back.
+        "reconnection_policy": ExponentialReconnectionPolicy(0.5, 10.0),
     }
     if s.username:
         kwargs["auth_provider"] = PlainTextAuthProvider(s.username, s.password)

@@ -42,7 +42,11 @@ def cql_cluster():
     _need("Cassandra", CQL_PORT)
     from cassandra.cluster import Cluster
 
-    cluster = Cluster(["127.0.0.1"], port=CQL_PORT, protocol_version=5, connect_timeout=10)
+    from cassandra.policies import ExponentialReconnectionPolicy
+
+    # Outage tests restart Cassandra: reconnect within seconds, not the driver's default minutes.
+    cluster = Cluster(["127.0.0.1"], port=CQL_PORT, protocol_version=5, connect_timeout=10,
+                      reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0))
     yield cluster
     cluster.shutdown()
 
