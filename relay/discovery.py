@@ -184,7 +184,7 @@ class Discovery:
             level = ConsistencyLevel.QUORUM if hosts > 1 else ConsistencyLevel.ONE
         if level != self._level_logged:
             self._level_logged = level
-            log.info("reading CDC generation metadata at %s", ConsistencyLevel.value_to_name.get(level, level))
+            log.debug("reading CDC generation metadata at %s", ConsistencyLevel.value_to_name.get(level, level))
         return level
 
     def _query(self, cql: str, params: tuple = ()):
