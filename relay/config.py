@@ -60,6 +60,7 @@ class ScyllaConfig:
     bypass_cache: str = "auto"  # auto | true | false
     request_timeout_seconds: float = 12.0
     fetch_size: int = 5000
+    max_in_keys: int = 100  # streams per IN query; Scylla refuses more than 100 (max_partition_key_restrictions)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ class Config:
         if self.scylla.consistency.upper() not in CONSISTENCY_LEVELS:
             raise bad("scylla.consistency",
                       f"{self.scylla.consistency!r} is not one of {', '.join(CONSISTENCY_LEVELS)}")
+        if not 1 <= self.scylla.max_in_keys <= 100:
+            raise bad("scylla.max_in_keys", "must be 1..100 (Scylla refuses an IN over 100 partition keys)")
         if self.scylla.bypass_cache not in ("auto", "true", "false"):
             raise bad("scylla.bypass_cache", "must be auto, true or false")
         for key in ("relay_keyspace", "cdc_metadata_keyspace", "tablets_metadata_keyspace"):

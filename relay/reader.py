@@ -1,9 +1,16 @@
-"""Reading one task's CDC log window (DESIGN §3): one prepared `IN` query, paged, rows
-grouped into changes by (stream, cdc$time) up to `cdc$end_of_batch`."""
+"""Reading one task's CDC log window (DESIGN §3): prepared `IN` queries, paged, rows
+grouped into changes by (stream, cdc$time) up to `cdc$end_of_batch`.
+
+Scylla refuses an `IN` on the partition key with more than 100 values
+(`max_partition_key_restrictions_per_query`), and a vnode of a node with more than 100
+shards has more than 100 streams. So a task's streams are split into `IN` lists of at
+most `max_in_keys`; every stream sits in exactly one list, and a query returns each of
+its streams whole and in cdc$time order, so per-stream order survives the split.
+"""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from relay.discovery import as_datetime
 from relay.model import Change
@@ -11,6 +18,7 @@ from relay.model import Change
 log = logging.getLogger(__name__)
 
 STREAM, TIME, SEQ, END = "cdc$stream_id", "cdc$time", "cdc$batch_seq_no", "cdc$end_of_batch"
+SCYLLA_MAX_IN_KEYS = 100  # Scylla's default max_partition_key_restrictions_per_query
 
 
 def log_table(table: str) -> str:
@@ -18,14 +26,44 @@ def log_table(table: str) -> str:
     return f'{ks}."{name}_scylla_cdc_log"'
 
 
+def split_streams(streams: Sequence[bytes], max_in_keys: int) -> list[tuple[bytes, ...]]:
+    """Consecutive, near-equal slices of at most `max_in_keys` streams (121 → 61 + 60, not 100 + 21:
+    equal queries finish together). Order is kept; an empty task gives no query."""
+    if max_in_keys < 1:
+        raise ValueError("max_in_keys must be >= 1")
+    n = len(streams)
+    if n == 0:
+        return []
+    parts = -(-n // max_in_keys)
+    size, extra = divmod(n, parts)
+    out, i = [], 0
+    for p in range(parts):
+        j = i + size + (1 if p < extra else 0)
+        out.append(tuple(streams[i:j]))
+        i = j
+    return out
+
+
+class PendingRead:
+    """A window's sub-queries, sent at once by `LogReader.start`; `read(..., future=)` collects them."""
+
+    def __init__(self, streams: tuple[bytes, ...], futures: list) -> None:
+        self.streams = streams
+        self.futures = futures
+
+
 class LogReader:
-    def __init__(self, session, table: str, bypass_cache: str = "auto", fetch_size: int = 5000) -> None:
+    def __init__(self, session, table: str, bypass_cache: str = "auto", fetch_size: int = 5000,
+                 max_in_keys: int = SCYLLA_MAX_IN_KEYS) -> None:
         from cassandra import InvalidRequest
         from cassandra.protocol import SyntaxException
 
+        if not 1 <= max_in_keys <= SCYLLA_MAX_IN_KEYS:
+            raise ValueError(f"max_in_keys must be 1..{SCYLLA_MAX_IN_KEYS}")
         self.session = session
         self.table = table
         self.fetch_size = fetch_size
+        self.max_in_keys = max_in_keys
         base = (f'SELECT * FROM {log_table(table)} WHERE "cdc$stream_id" IN ? '
                 f'AND "cdc$time" >= minTimeuuid(?) AND "cdc$time" < minTimeuuid(?)')
         self.stmt = None
@@ -46,16 +84,29 @@ class LogReader:
             self.stmt = session.prepare(base)
         self.stmt.fetch_size = fetch_size
 
-    def start(self, streams: tuple[bytes, ...], start_us: int, end_us: int):
-        """Send the window's first page request now; `read(..., future=)` collects it later."""
-        return self.session.execute_async(self.stmt, (list(streams), as_datetime(start_us), as_datetime(end_us)))
+    def _params(self, part: tuple[bytes, ...], start_us: int, end_us: int) -> tuple:
+        return list(part), as_datetime(start_us), as_datetime(end_us)
 
-    def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int, future=None) -> Iterator[Change]:
+    def start(self, streams: tuple[bytes, ...], start_us: int, end_us: int) -> PendingRead:
+        """Send the first page request of every sub-query now; `read(..., future=)` collects them later."""
+        parts = split_streams(streams, self.max_in_keys)
+        return PendingRead(tuple(streams), [self.session.execute_async(self.stmt, self._params(p, start_us, end_us))
+                                            for p in parts])
+
+    def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int,
+             future: PendingRead | None = None) -> Iterator[Change]:
         """Changes with start <= cdc$time < end (ms bounds, as minTimeuuid takes), in stream order."""
-        if future is not None:
-            rs = future.result()
+        # A handle started for other streams (the task changed in between) is not used: read afresh.
+        if future is not None and future.streams == tuple(streams):
+            results = (f.result() for f in future.futures)
         else:
-            rs = self.session.execute(self.stmt, (list(streams), as_datetime(start_us), as_datetime(end_us)))
+            results = (self.session.execute(self.stmt, self._params(p, start_us, end_us))
+                       for p in split_streams(streams, self.max_in_keys))
+        for rs in results:
+            yield from self._changes(rs)
+
+    def _changes(self, rs) -> Iterator[Change]:
+        """One sub-query's rows as changes. A group never spans two sub-queries: its stream is in one."""
         group: list[dict[str, object]] = []
         key: tuple[bytes, object] | None = None
         while True:

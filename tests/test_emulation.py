@@ -284,6 +284,37 @@ def test_another_process_can_load_published_generations(cql, emulator, keyspace,
     assert sid == emulator.stream_for(outbox, {"aggregate_id": "z"}, timeuuid.to_micros(cdc_time))
 
 
+def test_cdc_options_are_stored_like_scyllas_schema_extension(cql, emulator, keyspace):
+    """Scylla: system_schema.tables, column extensions (map<text, blob>), key 'cdc', the option map in
+    Scylla's serialization. The emulation: the same columns and bytes in its metadata keyspace."""
+    from relay.discovery import decode_cdc_extension
+    from relay.testing import CdcEmulator
+
+    ours = _columns(cql, keyspace, "tables")
+    theirs = _columns(cql, "system_schema", "tables")
+    assert ours == {name: theirs[name] for name in ("keyspace_name", "table_name", "extensions")}
+    assert ours["extensions"][0] == "frozen<map<text, blob>>"
+
+    emulator.open_generation(start=now_micros() - 60_000_000, vnodes=4, shards=2, seed=2)
+    for name, ttl in (("hour", 3600), ("forever", 0)):
+        cql.execute(OUTBOX_DDL.format(ks=keyspace).replace(".outbox", f".{name}"))
+        emulator.enable_cdc(f"{keyspace}.{name}", ttl=ttl)
+        row = cql.execute(f"SELECT extensions FROM {keyspace}.tables WHERE keyspace_name = %s AND table_name = %s",
+                          (keyspace, name)).one()
+        assert decode_cdc_extension(row.extensions["cdc"]) == {
+            "delta": "full", "enabled": "true", "postimage": "false", "preimage": "false", "ttl": str(ttl)}
+        emulator.insert(f"{keyspace}.{name}", {"aggregate_id": "a", "id": uuid.uuid1(), "payload": b"x"})
+        cell_ttl = cql.execute(f'SELECT TTL(payload) FROM {keyspace}.{name}_scylla_cdc_log').one()[0]
+        if ttl:
+            assert ttl - 60 < cell_ttl <= ttl, "every log cell carries the table's CDC TTL"
+        else:
+            assert cell_ttl is None, "ttl 0: log rows never expire"
+    # Another process picks the TTL up from the stored options.
+    assert CdcEmulator(cql, metadata_keyspace=keyspace).attach(f"{keyspace}.hour").ttl == 3600
+    with pytest.raises(ValueError):
+        emulator.enable_cdc(f"{keyspace}.hour", ttl=-1)
+
+
 # ---------------------------------------------------------------------------- tablets
 
 def test_tablets_stream_sets_and_resize(cql, emulator, keyspace):

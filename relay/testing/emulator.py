@@ -10,6 +10,14 @@ Scylla's schema, in a keyspace of the emulator's own (`metadata_keyspace`, which
 reads as `scylla.cdc_metadata_keyspace`). Tablets tables get per-table stream sets in
 `cdc_timestamps` / `cdc_streams` (relay's `scylla.tablets_metadata_keyspace`).
 
+A table's CDC options (`WITH cdc = {...}`) are kept by Scylla in `system_schema.tables`,
+column `extensions` (frozen<map<text, blob>>), key 'cdc': the option map serialized by Scylla's
+own serializer (see `encode_cdc_extension`). Cassandra cannot hold them there: it accepts
+`WITH extensions = {...}` and stores nothing, and system_schema is the server's, not ours
+to write. So the emulator keeps a table of the same shape and bytes in its metadata
+keyspace, `<metadata_keyspace>.tables (keyspace_name, table_name, extensions)`, where
+relay looks whenever its generation tables are the emulator's (relay.discovery).
+
 Reads, checkpoints, leases and dead letters never go through here: relay uses the real
 driver against the real server for all of them.
 """
@@ -42,6 +50,9 @@ OP_PREIMAGE, OP_UPDATE, OP_INSERT, OP_ROW_DELETE, OP_PARTITION_DELETE = 0, 1, 2,
 STATE_CURRENT, STATE_CLOSED, STATE_OPENED = 0, 1, 2
 
 VNODE_METADATA_CQL = """
+CREATE TABLE IF NOT EXISTS {ks}.tables (
+  keyspace_name text, table_name text, extensions frozen<map<text, blob>>,
+  PRIMARY KEY (keyspace_name, table_name));
 CREATE TABLE IF NOT EXISTS {ks}.cdc_generation_timestamps (
   key text, time timestamp, expired timestamp,
   PRIMARY KEY (key, time)) WITH CLUSTERING ORDER BY (time DESC);
@@ -58,6 +69,24 @@ CREATE TABLE IF NOT EXISTS {ks}.cdc_streams (
   keyspace_name text, table_name text, timestamp timestamp, stream_state tinyint, stream_id blob,
   PRIMARY KEY ((keyspace_name, table_name), timestamp, stream_state, stream_id));
 """
+
+
+def encode_cdc_extension(options: Mapping[str, str]) -> bytes:
+    """A cdc option map as Scylla stores it in system_schema.tables.extensions['cdc']: Scylla's
+    serializer for map<sstring, sstring> — uint32 LE entry count, then each key and value as a
+    uint32 LE byte length and UTF-8 bytes, keys in std::map (sorted) order."""
+    out = [len(options).to_bytes(4, "little")]
+    for key in sorted(options):
+        for text in (key, options[key]):
+            raw = text.encode()
+            out += [len(raw).to_bytes(4, "little"), raw]
+    return b"".join(out)
+
+
+def scylla_cdc_options(ttl: int) -> dict[str, str]:
+    """What Scylla's cdc::options::to_map() writes for `WITH cdc = {'enabled': true, 'ttl': ttl}`:
+    every option, defaults included (so 'ttl' is always there once CDC is enabled)."""
+    return {"delta": "full", "enabled": "true", "postimage": "false", "preimage": "false", "ttl": str(ttl)}
 
 
 class _BatchlogWarningFilter(logging.Filter):
@@ -306,8 +335,11 @@ class CdcEmulator:
 
         `tablets=N` makes it a tablets table with its own stream set of N streams.
         """
+        if ttl < 0:
+            raise ValueError("Invalid CDC option: ttl must be >= 0")  # Scylla's own check
         table = self._table_from_metadata(qualified, ttl, tablets is not None)
         self._create_log_table(table)
+        self._store_cdc_options(table)
         self.tables[qualified] = table
         if tablets is not None:
             self._tablet_sets.setdefault(qualified, [])
@@ -316,9 +348,33 @@ class CdcEmulator:
                 self.open_tablet_streams(qualified, tablets, start=start)
         return table
 
+    def alter_cdc_ttl(self, qualified: str, ttl: int) -> None:
+        """Like `ALTER TABLE ... WITH cdc = {'enabled': true, 'ttl': ttl}`: later log rows carry the new TTL."""
+        if ttl < 0:
+            raise ValueError("Invalid CDC option: ttl must be >= 0")
+        table = self.tables[qualified]
+        table.ttl = ttl
+        self._store_cdc_options(table)
+
+    def _store_cdc_options(self, table: CdcTable) -> None:
+        # The whole map, as Scylla rewrites a table's schema row (extensions is frozen there too).
+        self.session.execute(
+            f"INSERT INTO {self.metadata_keyspace}.tables (keyspace_name, table_name, extensions) VALUES (%s, %s, %s)",
+            (table.keyspace, table.name, {"cdc": encode_cdc_extension(scylla_cdc_options(table.ttl))}))
+
+    def stored_cdc_ttl(self, qualified: str) -> int:
+        """The TTL in the stored options (another process may have enabled CDC), else Scylla's default."""
+        from relay.discovery import cdc_ttl_from_options, decode_cdc_extension
+
+        keyspace, name = qualified.split(".", 1)
+        row = self.session.execute(f"SELECT extensions FROM {self.metadata_keyspace}.tables "
+                                   f"WHERE keyspace_name = %s AND table_name = %s", (keyspace, name)).one()
+        blob = (row[0] or {}).get("cdc") if row is not None else None
+        return DEFAULT_CDC_TTL if blob is None else cdc_ttl_from_options(decode_cdc_extension(blob))
+
     def attach(self, qualified: str) -> CdcTable:
         """Use a table whose log already exists (made by another process)."""
-        table = self._table_from_metadata(qualified, DEFAULT_CDC_TTL, False)
+        table = self._table_from_metadata(qualified, self.stored_cdc_ttl(qualified), False)
         self._prepare_key(table)
         self.tables[qualified] = table
         self._tablet_sets[qualified] = []
