@@ -122,7 +122,7 @@ def _reader(cfg, session):
     from relay.reader import LogReader
 
     t = cfg.tables[0]
-    return LogReader(session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size)
+    return LogReader(session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size, cfg.scylla.max_in_keys)
 
 
 def raw_read(cfg, session, until_us: int) -> dict:

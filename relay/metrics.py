@@ -89,6 +89,9 @@ class SupervisorMetrics:
         self.generations_expired = Counter("relay_generations_expired_total",
                                            "Generations skipped because their rows outlived the CDC TTL",
                                            ["table"], registry=None)
+        self.generations_disappeared = Counter("relay_generations_disappeared_total",
+                                               "Generations seen earlier and now missing from the CDC metadata",
+                                               ["table"], registry=None)
         self.dlq_pending = Gauge("relay_dlq_pending", "Dead letters with status pending (last 7 days)",
                                  ["table"], multiprocess_mode="livemax", registry=None)
 

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 
 from relay.assignment import assign
 from relay.config import Config, parse_start_from
+from relay.discovery import CdcNotEnabled
 from relay.messages import Assign, Beat, BootError, Progress, Stop
 from relay.model import Generation, Task
 from relay.positions import generation_expired
@@ -102,6 +103,7 @@ class Supervisor:
         self._plan: dict = {}
         self.ttl_by_table: dict[str, int] = {}
         self._first_start_done: set[str] = set()
+        self._cdc_off_warned: set[str] = set()
 
     def _tasks_of(self, gen: Generation) -> list[Task]:
         """Tasks of a generation, cut once: the loop asks for them many times a second."""
@@ -220,10 +222,19 @@ class Supervisor:
                 if not gens:
                     log.warning("%s: no CDC generation published yet", table.name)
                 self.generations[table.name] = gens
-                ttl = getattr(self.discovery, "cdc_ttl_seconds", lambda _t: CDC_TTL_DEFAULT_S)(table)
+                try:
+                    ttl = self.discovery.cdc_ttl_seconds(table)
+                except CdcNotEnabled:
+                    if table.name not in self._cdc_off_warned:
+                        self._cdc_off_warned.add(table.name)
+                        log.error("%s: CDC is not enabled on the table (its cdc options are gone): nothing new "
+                                  "reaches its log; relay keeps reading what is there", table.name)
+                    ttl = self.ttl_by_table.get(table.name, CDC_TTL_DEFAULT_S)
                 if ttl != self.ttl_by_table.get(table.name):
                     self.ttl_by_table[table.name] = ttl
                     self._plan_key = None  # workers learn the TTL with their next assignment
+            for table, _start in self.discovery.drain_disappeared():
+                self.metrics.generations_disappeared.labels(table).inc()
             self.discovered = True
             self._next_checkpoints = 0.0
         except Exception as exc:  # noqa: BLE001 - discovery retries on its next tick

@@ -110,7 +110,8 @@ class Worker:
         ks = cfg.scylla.relay_keyspace
         self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
         self.dead_letters = DeadLetterWriter(self.session, ks)
-        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size)
+        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size,
+                                             cfg.scylla.max_in_keys)
                         for t in cfg.tables}
         self.mappers = {t.name: Mapper(t) for t in cfg.tables}
         self.dedup = Dedup(connect.redis_client(cfg), cfg.redis.key_prefix, cfg.redis.dedup_ttl_seconds,

@@ -41,7 +41,6 @@ def unique(prefix: str) -> str:
 def cql_cluster():
     _need("Cassandra", CQL_PORT)
     from cassandra.cluster import Cluster
-
     from cassandra.policies import ExponentialReconnectionPolicy
 
     # Outage tests restart Cassandra: reconnect within seconds, not the driver's default minutes.
