@@ -208,8 +208,18 @@ class Publisher:
         return self.breaker.call(self._publish, events, should_abort)
 
     def _publish(self, events: Sequence[OutboxEvent], should_abort: Callable[[], bool]) -> PublishOutcome:
-        if self._window is not None:  # an aborted window: mark whatever it got through since
-            self._collect(self._window)
+        earlier: list[OutboxEvent] = []
+        if self._window is not None:
+            # An aborted window's records are still queued ahead of these: let them finish first,
+            # and do not send again what they got through (it was read before they were marked).
+            stale = self._window
+            self._await(stale, should_abort)
+            self._window = None
+            done = {e.identity for e, r in zip(stale.events, stale.results, strict=True) if r is None}
+            earlier = [e for e in events if e.identity in done]
+            events = [e for e in events if e.identity not in done]
+            if not events:
+                return PublishOutcome(earlier)
         self._prepare({e.topic for e in events})
         w = self._window = _Window(events)
         for i in range(len(events)):
@@ -232,7 +242,7 @@ class Publisher:
             self._await(w, should_abort)
             reports[i] = self._fact(w, i, alone=True)
         self._window = None
-        outcome = PublishOutcome([w.events[i] for i in decision.delivered],
+        outcome = PublishOutcome(earlier + [w.events[i] for i in decision.delivered],
                                  [(w.events[i], cls, msg) for i, cls, msg in decision.dead_letter])
         if decision.reread:
             first = reports[decision.reread[0]]

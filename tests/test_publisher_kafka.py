@@ -89,3 +89,17 @@ def test_a_fatal_error_loses_no_delivery_report(kafka_bootstrap, topic):
     pub.rebuild()
     rest = [e for i, e in enumerate(sent) if e.event_id not in in_kafka and i != 1_500]
     assert not pub.publish(rest).failed, "the rebuilt producer works"
+
+
+def test_an_aborted_window_read_again_is_not_sent_twice(kafka_bootstrap, topic):
+    from relay.publisher import PublishAborted
+
+    acks = Acks()
+    pub = Publisher(config(kafka_bootstrap), on_acked=acks)
+    sent = events(topic, 1_000, aggregates=20)
+    with pytest.raises(PublishAborted):
+        pub.publish(sent, should_abort=lambda: True)  # gives up at its first poll, records still queued
+    out = pub.publish(sent)  # the worker read the window again before the first attempt's acks were marked
+    assert sorted(e.event_id for e in out.delivered) == sorted(e.event_id for e in sent)
+    assert sorted(acks.ids) == sorted(e.event_id for e in sent)
+    assert_in_order_once(sent, consume_all(kafka_bootstrap, [topic]), {e.event_id for e in sent})
