@@ -5,7 +5,7 @@ import ssl
 from typing import Any
 
 from relay.config import Config
-from relay.errors import UserError
+from relay.errors import ConfigError, UserError
 
 
 def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = False):
@@ -95,8 +95,24 @@ def redis_client(cfg: Config):
     )
 
 
-def producer_config(cfg: Config, **extra: Any) -> dict[str, Any]:
-    """librdkafka settings: relay's defaults (DESIGN §6), then the user's [kafka.producer] overrides."""
+# librdkafka's message timeout under its two names. relay needs it infinite (0): a record that
+# times out may still be written, and a later record of its partition can be acknowledged after
+# it, so a finite timeout means duplicates and reordering (relay.delivery). How long reports may
+# be overdue before Kafka counts as failing is `kafka.delivery_timeout_seconds` instead.
+_MESSAGE_TIMEOUT_KEYS = ("message.timeout.ms", "delivery.timeout.ms")
+LIBRDKAFKA_BATCH_SIZE = 1_000_000  # librdkafka's default batch.size
+
+
+def producer_config(cfg: Config, *, batch_size: int | None = None, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings: relay's defaults (DESIGN §6), then the user's [kafka.producer] overrides.
+
+    `batch_size` caps `batch.size` (the user's value or librdkafka's default) so that a batch
+    fits the smallest `max.message.bytes` of the topics relay writes to (relay.publisher)."""
+    for key in _MESSAGE_TIMEOUT_KEYS:
+        if key in cfg.kafka.producer and str(cfg.kafka.producer[key]).strip() != "0":
+            raise ConfigError(f"{cfg.source}: kafka.producer.{key}: relay needs 0 (never give up on a record: a "
+                              f"timed-out record may be written anyway, out of order); set "
+                              f"kafka.delivery_timeout_seconds to bound how long reports may be overdue")
     conf: dict[str, Any] = {
         "bootstrap.servers": cfg.kafka.bootstrap_servers,
         "enable.idempotence": True,
@@ -104,13 +120,15 @@ def producer_config(cfg: Config, **extra: Any) -> dict[str, Any]:
         "linger.ms": 20,
         "compression.type": "lz4",
         "partitioner": "murmur2_random",
-        "message.timeout.ms": int(cfg.kafka.delivery_timeout_seconds * 1000),
+        "message.timeout.ms": 0,
         "client.id": f"relay-{cfg.replica_id}",
         # librdkafka logs every refused connection to stderr; route it through logging instead.
         "logger": _kafka_logger(),
     }
     conf.update(extra)
     conf.update({k: v for k, v in cfg.kafka.producer.items()})
+    if batch_size is not None:
+        conf["batch.size"] = max(1, min(int(conf.get("batch.size", LIBRDKAFKA_BATCH_SIZE)), batch_size))
     return conf
 
 

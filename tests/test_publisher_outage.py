@@ -1,0 +1,138 @@
+"""Kafka outages at the Publisher, with relay's DEFAULT settings, against a Kafka of the test's own
+(started and stopped with deploy/local/stack on free ports), so the shared one stays up.
+Delivery is judged by consuming the topic after Kafka returns."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pybreaker
+import pytest
+from harness import REPO, consume_all, free_port
+from publisher_helpers import assert_in_order_once, config, events
+
+from relay.publisher import PublishAborted, Publisher
+
+pytestmark = pytest.mark.outage
+
+OUTAGE_S = 90  # the outage the issue measured with default settings
+
+
+@dataclass
+class OwnKafka:
+    dir: Path
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stack(self, action: str) -> None:
+        env = dict(os.environ, RELAY_STACK_DIR=str(self.dir), RELAY_STACK_KAFKA_PORT=str(self.port),
+                   RELAY_STACK_KAFKA_CONTROLLER_PORT=str(self.controller_port))
+        res = subprocess.run([str(REPO / "deploy" / "local" / "stack"), action, "kafka"], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def own_kafka(tmp_path_factory):
+    kafka = OwnKafka(tmp_path_factory.mktemp("own-kafka"), free_port(), free_port())
+    kafka.stack("up")
+    yield kafka
+    kafka.stack("down")
+
+
+@pytest.fixture
+def up(own_kafka):
+    """Kafka is up when the test starts and when it ends, whatever happened in between."""
+    own_kafka.stack("up")
+    yield own_kafka
+    own_kafka.stack("up")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+        self.states: list[str] = []
+
+    def on_acked(self, batch) -> None:
+        self.acked += [e.event_id for e in batch]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def in_thread(fn, *args, **kw) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args, **kw)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothing(up, topic):
+    rec = Recorder()
+    pub = Publisher(config(up.bootstrap), on_acked=rec.on_acked, on_breaker_state=rec.states.append)
+    before = events(topic, 300, aggregates=30)
+    pub.publish(before)
+    up.stack("down")
+    down_at = time.monotonic()
+    during = events(topic, 3_000, aggregates=30)
+    thread, result = in_thread(pub.publish, during)
+    wait_for(lambda: "open" in rec.states, 60, "the breaker to open")
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    assert thread.is_alive() and not result, f"the window must wait for Kafka, not fail: {result}"
+    up.stack("up")
+    thread.join(300)
+    assert not thread.is_alive()
+    out = result["value"]
+    assert len(out.delivered) == len(during) and not out.failed, "nothing failed by a timeout"
+    # The half-open trial of a later window closes the breaker again.
+    after = events(topic, 30, aggregates=30)
+    while True:
+        try:
+            pub.publish(after)
+            break
+        except pybreaker.CircuitBreakerError:
+            time.sleep(0.5)
+    assert rec.states[0] == "open" and rec.states[-1] == "closed", rec.states
+    sent = before + during + after
+    assert_in_order_once(sent, consume_all(up.bootstrap, [topic]), {e.event_id for e in sent})
+    assert sorted(rec.acked) == sorted(e.event_id for e in sent)
+    print(f"kafka down {OUTAGE_S}s, default settings: breaker transitions {rec.states}, "
+          f"{len(sent)} delivered, 0 lost, 0 duplicates")
+
+
+def test_should_abort_ends_the_wait_and_close_still_marks_late_acks(up, topic):
+    rec = Recorder()
+    pub = Publisher(config(up.bootstrap), on_acked=rec.on_acked, on_breaker_state=rec.states.append)
+    pub.publish(events(topic, 10, aggregates=10))
+    up.stack("down")
+    stop = threading.Event()
+    window = events(topic, 500, aggregates=10)
+    thread, result = in_thread(pub.publish, window, should_abort=stop.is_set)
+    wait_for(lambda: "open" in rec.states, 60, "the breaker to open")
+    stop.set()
+    thread.join(30)
+    assert isinstance(result.get("error"), PublishAborted), result
+    up.stack("up")
+    # The worker closes its publisher when it stops: reports that still come are marked.
+    pub.close(60)
+    in_kafka = set(consume_all(up.bootstrap, [topic]).ids)
+    assert set(rec.acked) == in_kafka
+    assert {e.event_id for e in window} <= in_kafka, "Kafka came back within close(): the window got through"
