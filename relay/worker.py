@@ -452,6 +452,7 @@ class Worker:
 
     def _relay_window(self, st: TaskState, end: int, future=None) -> WindowResult:
         from relay.mapping import Poison
+        from relay.publisher import FatalProducerError, TransientPublishError
 
         task = st.task
         m = self.metrics
@@ -481,7 +482,16 @@ class Worker:
         self._count_unavailable(events, before)
         if seen:
             m.events_deduplicated.labels(task.table).inc(len(seen))
-        outcome = self.publisher.publish(new, self._should_abort)
+        try:
+            outcome = self.publisher.publish(new, self._should_abort)
+        except (TransientPublishError, FatalProducerError) as exc:
+            # What did settle counts: acks are marked already; events held back to keep their
+            # aggregate's order, or refused for good, are dead letters now, not on the re-read.
+            if exc.outcome.delivered:
+                m.events_published.labels(task.table).inc(len(exc.outcome.delivered))
+            if exc.outcome.failed:
+                self._dead_letter(exc.outcome.failed)
+            raise
         if outcome.delivered:
             m.events_published.labels(task.table).inc(len(outcome.delivered))
         failed = [(p.event, p.reason, p.message) for p in poisons] + outcome.failed
