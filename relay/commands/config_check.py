@@ -27,15 +27,15 @@ def _check(args) -> int:
     print(f"config  {cfg.source}: ok ({len(cfg.tables)} table(s), {cfg.worker_count} worker(s), "
           f"replica {cfg.replica_id})")
     scylla_ok, scylla_text, actual_replication = _scylla(cfg)
+    warning = replication_warning(cfg.scylla.relay_keyspace, actual_replication or cfg.scylla.relay_replication,
+                                  exists=actual_replication is not None)
+    if warning:  # on Scylla's line: the screen keeps one line per service
+        scylla_text += f"; WARNING {warning}"
     results = [("scylla", (scylla_ok, scylla_text)), ("kafka", _kafka(cfg)), ("redis", _redis(cfg))]
     failed = 0
     for name, (ok, text) in results:
         print(f"{name:<7} {'ok  ' if ok else 'FAIL'} {text}")
         failed += not ok
-    warning = replication_warning(cfg.scylla.relay_keyspace, actual_replication or cfg.scylla.relay_replication,
-                                  exists=actual_replication is not None)
-    if warning:
-        print(f"{'scylla':<7} warn {warning}")
     if failed:
         raise UserError(f"{failed} service(s) failed the check")
     return 0
