@@ -27,7 +27,7 @@ def test_replicas(replication, expected):
 
 def test_warning_names_the_keyspace_and_the_fix():
     created = replication_warning("relay", {"class": "SimpleStrategy", "replication_factor": "1"}, exists=True)
-    assert created == ("keyspace relay has 1 replica, fewer than 3: one node down stops checkpoints and dead "
+    assert created == ("keyspace relay has 1 replica, fewer than 3: at QUORUM one node down stops checkpoints and dead "
                        "letters (raise it with ALTER KEYSPACE)")
     planned = replication_warning("relay", {"class": "NetworkTopologyStrategy", "dc1": 2}, exists=False)
     assert planned is not None and "would get 2 replicas" in planned and "scylla.relay_replication" in planned

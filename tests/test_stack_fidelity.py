@@ -184,8 +184,9 @@ def test_config_check_warns_when_the_relay_keyspace_has_fewer_than_3_replicas(tm
     """The test keyspace exists with one replica: its real replication is judged, in one line."""
     res = relay(config_file(tmp_path, keyspace), "config", "check",
                 env={"RELAY_SCYLLA__USERNAME": CQL_USER, "RELAY_SCYLLA__PASSWORD": CQL_PASSWORD})
-    assert scylla_line(res).endswith(f"; WARNING keyspace {keyspace} has 1 replica, fewer than 3: one node down "
-                                     f"stops checkpoints and dead letters (raise it with ALTER KEYSPACE)"), res.stdout
+    expected = (f"; WARNING keyspace {keyspace} has 1 replica, fewer than 3: at QUORUM one node down stops "
+                "checkpoints and dead letters (raise it with ALTER KEYSPACE)")
+    assert scylla_line(res).endswith(expected), res.stdout
     assert res.stdout.count("WARNING") == 1, res.stdout
 
 

@@ -57,7 +57,7 @@ def replication_warning(keyspace: str, replication: Mapping[str, Any], *, exists
         return None
     fix = "raise it with ALTER KEYSPACE" if exists else "set scylla.relay_replication"
     return (f"keyspace {keyspace} {'has' if exists else 'would get'} {n} replica{'s' * (n != 1)}, fewer than "
-            f"{MIN_REPLICAS}: one node down stops checkpoints and dead letters ({fix})")
+            f"{MIN_REPLICAS}: at QUORUM one node down stops checkpoints and dead letters ({fix})")
 
 
 def _scylla(cfg) -> tuple[bool, str, Mapping[str, Any] | None]:
