@@ -35,12 +35,20 @@ class Stack:
     cql_port: int
     kafka: str
     redis_url: str
+    cql_user: str = "relay"  # the stack's non-superuser role (deploy/local/stack)
+    cql_password: str = "relay"
 
     @classmethod
     def from_env(cls) -> Stack:
         return cls(int(os.environ.get("RELAY_STACK_CASSANDRA_PORT", "9042")),
                    f"127.0.0.1:{os.environ.get('RELAY_STACK_KAFKA_PORT', '9092')}",
-                   f"redis://127.0.0.1:{os.environ.get('RELAY_STACK_REDIS_PORT', '6379')}/0")
+                   f"redis://127.0.0.1:{os.environ.get('RELAY_STACK_REDIS_PORT', '6379')}/0",
+                   os.environ.get("RELAY_STACK_CQL_USER", "relay"), os.environ.get("RELAY_STACK_CQL_PASSWORD", "relay"))
+
+    def relay_environ(self) -> dict[str, str]:
+        """A relay config from the environment alone, for the suite's own look-ups."""
+        return {"RELAY_KAFKA__BOOTSTRAP_SERVERS": self.kafka, "RELAY_SCYLLA__PORT": str(self.cql_port),
+                "RELAY_SCYLLA__USERNAME": self.cql_user, "RELAY_SCYLLA__PASSWORD": self.cql_password}
 
 
 def free_port() -> int:
@@ -62,8 +70,11 @@ def write_config(path: Path, stack: Stack, *, keyspace: str, relay_keyspace: str
 [scylla]
 contact_points = ["127.0.0.1"]
 port = {stack.cql_port}
+username = "{stack.cql_user}"
+password = "{stack.cql_password}"
 consistency = "ONE"
 relay_keyspace = "{relay_keyspace}"
+relay_replication = {{ class = "SimpleStrategy", replication_factor = 1 }}   # the stack is one node
 cdc_metadata_keyspace = "{keyspace}"
 tablets_metadata_keyspace = "{keyspace}"
 
@@ -107,8 +118,7 @@ def drop_keyspaces(stack: Stack, prefix: str) -> list[str]:
     from relay import config as relay_config
     from relay import connect
 
-    cfg = relay_config.load(environ={"RELAY_KAFKA__BOOTSTRAP_SERVERS": stack.kafka,
-                                     "RELAY_SCYLLA__PORT": str(stack.cql_port)})
+    cfg = relay_config.load(environ=stack.relay_environ())
     session = connect.cql_session(cfg)
     try:
         names = sorted(r[0] for r in session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
@@ -575,8 +585,7 @@ def _cassandra_version(stack: Stack) -> str | None:
         from relay import config as relay_config
         from relay import connect
 
-        cfg = relay_config.load(environ={"RELAY_KAFKA__BOOTSTRAP_SERVERS": stack.kafka,
-                                         "RELAY_SCYLLA__PORT": str(stack.cql_port)})
+        cfg = relay_config.load(environ=stack.relay_environ())
         session = connect.cql_session(cfg)
         try:
             return session.execute("SELECT release_version FROM system.local").one()[0]

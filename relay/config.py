@@ -53,8 +53,10 @@ class ScyllaConfig:
     ssl_cert_file: str = ""
     ssl_key_file: str = ""
     relay_keyspace: str = "relay"
+    # Checkpoints and dead letters are relay's memory: three replicas, so one node down loses
+    # neither. A one-node development cluster sets its own (deploy/compose/relay.toml).
     relay_replication: Mapping[str, Any] = field(
-        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
+        default_factory=lambda: {"class": "NetworkTopologyStrategy", "replication_factor": 3})
     cdc_metadata_keyspace: str = "system_distributed"
     tablets_metadata_keyspace: str = "system"
     bypass_cache: str = "auto"  # auto | true | false

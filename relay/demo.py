@@ -32,12 +32,18 @@ def _config(path: Path, keyspace: str, port: int) -> None:
     cql = os.environ.get("RELAY_STACK_CASSANDRA_PORT", "9042")
     kafka = os.environ.get("RELAY_STACK_KAFKA_PORT", "9092")
     redis_port = os.environ.get("RELAY_STACK_REDIS_PORT", "6379")
+    # The stack's non-superuser role (deploy/local/stack), as relay runs in production.
+    user = os.environ.get("RELAY_STACK_CQL_USER", "relay")
+    password = os.environ.get("RELAY_STACK_CQL_PASSWORD", "relay")
     path.write_text(f"""# written by `make demo`
 [scylla]
 contact_points = ["127.0.0.1"]
 port = {cql}
+username = "{user}"
+password = "{password}"
 consistency = "ONE"
 relay_keyspace = "{keyspace}"
+relay_replication = {{ class = "SimpleStrategy", replication_factor = 1 }}   # the stack is one node
 cdc_metadata_keyspace = "{keyspace}_cdc"   # the emulated generation tables (Scylla: system_distributed)
 tablets_metadata_keyspace = "{keyspace}_cdc"
 

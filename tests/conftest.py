@@ -2,9 +2,13 @@
 
 A missing service fails the run when CI is set, and skips the tests that need it
 otherwise. Every test gets its own keyspace / topics / key prefix, so `pytest -n auto` works.
+
+Everything logs in to Cassandra as the stack's non-superuser role (CQL_USER), as relay does in
+production: Cassandra's guardrails, the stand-ins for Scylla's limits, skip superusers.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -16,6 +20,18 @@ KAFKA_PORT = int(os.environ.get("RELAY_STACK_KAFKA_PORT", "9092"))
 REDIS_PORT = int(os.environ.get("RELAY_STACK_REDIS_PORT", "6379"))
 KAFKA_BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+# The role deploy/local/stack creates (same variables as the stack script).
+CQL_USER = os.environ.get("RELAY_STACK_CQL_USER", "relay")
+CQL_PASSWORD = os.environ.get("RELAY_STACK_CQL_PASSWORD", "relay")
+# The stack is one node: every keyspace a test makes, relay's own included, has one replica.
+REPLICATION = {"class": "SimpleStrategy", "replication_factor": 1}
+REPLICATION_CQL = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+
+# relay processes and configs made by tests get the stack's credentials and replication the way
+# an operator gives them, through relay's environment variables (a test's own value wins).
+os.environ.setdefault("RELAY_SCYLLA__USERNAME", CQL_USER)
+os.environ.setdefault("RELAY_SCYLLA__PASSWORD", CQL_PASSWORD)
+os.environ.setdefault("RELAY_SCYLLA__RELAY_REPLICATION", json.dumps(REPLICATION))
 
 
 def _reachable(port: int) -> bool:
@@ -40,11 +56,14 @@ def unique(prefix: str) -> str:
 @pytest.fixture(scope="session")
 def cql_cluster():
     _need("Cassandra", CQL_PORT)
+    from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster
     from cassandra.policies import ExponentialReconnectionPolicy
 
-    # Outage tests restart Cassandra: reconnect within seconds, not the driver's default minutes.
-    cluster = Cluster(["127.0.0.1"], port=CQL_PORT, protocol_version=5, connect_timeout=10,
+    # Protocol v4: the newest Scylla speaks. Outage tests restart Cassandra: reconnect within
+    # seconds, not the driver's default minutes.
+    cluster = Cluster(["127.0.0.1"], port=CQL_PORT, protocol_version=4, connect_timeout=10,
+                      auth_provider=PlainTextAuthProvider(CQL_USER, CQL_PASSWORD),
                       reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0))
     yield cluster
     cluster.shutdown()
@@ -61,7 +80,7 @@ def cql(cql_cluster):
 def keyspace(cql):
     """A fresh keyspace for one test, dropped afterwards."""
     name = unique("t")
-    cql.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
+    cql.execute(f"CREATE KEYSPACE {name} WITH replication = {REPLICATION_CQL}")
     yield name
     cql.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
 

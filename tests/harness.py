@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import CQL_PASSWORD, CQL_USER
+
 from relay.testing import CdcEmulator, now_micros
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,9 @@ def write_config(path: Path, keyspace: str, kafka: str, redis_url: str, *, table
                  topic: str | None = None, extra: str = "", workers: int = 2, columns: str = "",
                  relay: dict | None = None, kafka_extra: str = "", redis_extra: str = "") -> Path:
     """A relay.toml for one test: relay's tables and the emulated generation tables live in
-    the test's own keyspace; the topic is unique to the test."""
+    the test's own keyspace; the topic is unique to the test. relay logs in as the stack's
+    non-superuser role and keeps one replica (the stack is one node)."""
+
     topic = topic or f"{keyspace}.{{aggregate_type}}"
     section = {"workers": workers, "window_seconds": 2, "confidence_seconds": 1, "poll_interval_seconds": 0.2,
                "shutdown_timeout_seconds": 20, "generation_poll_seconds": 1, **(relay or {})}
@@ -47,8 +51,11 @@ def write_config(path: Path, keyspace: str, kafka: str, redis_url: str, *, table
 [scylla]
 contact_points = ["127.0.0.1"]
 port = {os.environ.get("RELAY_STACK_CASSANDRA_PORT", "9042")}
+username = "{CQL_USER}"
+password = "{CQL_PASSWORD}"
 consistency = "ONE"
 relay_keyspace = "{keyspace}"
+relay_replication = {{ class = "SimpleStrategy", replication_factor = 1 }}
 cdc_metadata_keyspace = "{keyspace}"
 tablets_metadata_keyspace = "{keyspace}"
 
