@@ -58,6 +58,11 @@ METRICS = {
     "relay_dlq_pending": "gauge",
     "relay_dedup_unavailable_total": "counter",
     "relay_checkpoint_ttl_margin_seconds": "gauge",
+    "relay_clock_ahead_seconds": "gauge",
+    "relay_dlq_write_failures_total": "counter",
+    "relay_worker_hangs_total": "counter",
+    "relay_generations_expired_total": "counter",
+    "relay_generations_disappeared_total": "counter",
 }
 # Series Prometheus itself adds to every target; alerts may use them.
 PROMETHEUS_SERIES = {"up"}

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from cassandra import ConsistencyLevel, InvalidRequest, OperationTimedOut
+from conftest import CQL_PASSWORD, CQL_USER
 
 from relay import config
 from relay.config import TableConfig
@@ -288,6 +289,7 @@ def real(cql, keyspace, emulator):
         "RELAY_SCYLLA__RELAY_KEYSPACE": keyspace,
         "RELAY_SCYLLA__CDC_METADATA_KEYSPACE": keyspace,
         "RELAY_SCYLLA__TABLETS_METADATA_KEYSPACE": keyspace,
+        "RELAY_SCYLLA__USERNAME": CQL_USER, "RELAY_SCYLLA__PASSWORD": CQL_PASSWORD,
     })
     session = connect.cql_session(c)
     yield emulator, Discovery(session, c), keyspace

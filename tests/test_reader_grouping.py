@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
+from conftest import CQL_PASSWORD, CQL_USER
 
 from relay import timeuuid
 from relay.reader import LogReader, log_table
@@ -236,6 +237,7 @@ def real(cql, keyspace, emulator):
         "RELAY_SCYLLA__RELAY_KEYSPACE": keyspace,
         "RELAY_SCYLLA__CDC_METADATA_KEYSPACE": keyspace,
         "RELAY_TABLES__0__NAME": f"{keyspace}.outbox",
+        "RELAY_SCYLLA__USERNAME": CQL_USER, "RELAY_SCYLLA__PASSWORD": CQL_PASSWORD,
     })
     session = connect.cql_session(cfg)
     yield emulator, f"{keyspace}.outbox", base, LogReader(session, f"{keyspace}.outbox", cfg.scylla.bypass_cache,
