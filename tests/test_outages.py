@@ -34,8 +34,13 @@ def outbox(cql, keyspace):
 
 
 def _config(tmp_path, keyspace, kafka, redis_url, **kw):
+    """The harness's quick settings, but the default confidence window: outages load this small
+    machine, and writes may then take more than a second to show up in the CDC log, as on a busy
+    cluster; the default covers that."""
     from relay import config as cfgmod
     from relay import connect, schema
+
+    kw["relay"] = {"confidence_seconds": 10, **kw.get("relay", {})}
 
     path = write_config(tmp_path / "relay.toml", keyspace, kafka, redis_url, **kw)
     session = connect.cql_session(cfgmod.load(path))

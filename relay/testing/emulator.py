@@ -534,15 +534,21 @@ class CdcEmulator:
         table = self.tables[qualified]
         keys = [c.name for c in table.partition_key + table.clustering]
         ts_iter = iter(timestamps) if timestamps is not None else None
-        stmts = []
         times = []
-        for values in rows:
-            key = {k: values[k] for k in keys}
-            op = Op(OP_INSERT, key, {k: v for k, v in values.items() if k not in key})
-            batch, cdc_time = self._group_batch(qualified, [op], next(ts_iter) if ts_iter else None)
-            stmts.append((batch, ()))
-            times.append(cdc_time)
-        results = execute_concurrent(self.session, stmts, concurrency=concurrency, raise_on_first_error=True)
+
+        def statements():
+            # Built one by one as the driver sends them: a write's timestamp is taken when it
+            # leaves, as a driver's client timestamp is. Building them all first would stamp the
+            # last-sent ones seconds in the past - late rows a confidence window may not cover.
+            for values in rows:
+                key = {k: values[k] for k in keys}
+                op = Op(OP_INSERT, key, {k: v for k, v in values.items() if k not in key})
+                batch, cdc_time = self._group_batch(qualified, [op], next(ts_iter) if ts_iter else None)
+                times.append(cdc_time)
+                yield batch, ()
+
+        results = execute_concurrent(self.session, statements(), concurrency=concurrency,
+                                     raise_on_first_error=True)
         for ok, res in results:
             if not ok:
                 raise res
