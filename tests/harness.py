@@ -256,7 +256,11 @@ class AuditReport:
     lost: list[str] = field(default_factory=list)
     duplicated: dict[str, int] = field(default_factory=dict)  # id -> extra copies
     unexpected: list[str] = field(default_factory=list)
-    out_of_order: list[str] = field(default_factory=list)  # "aggregate: id i after id j"
+    out_of_order: list[str] = field(default_factory=list)  # first deliveries: "aggregate: #i after #j"
+    # Copies of older records after newer ones: what re-publishing an acknowledged-but-unmarked
+    # tail does (a worker killed between Kafka's ack and its dedup mark). Out of order for a
+    # consumer all the same; accepted only where duplicates are.
+    redelivered_behind: list[str] = field(default_factory=list)
     split: dict[str, set] = field(default_factory=dict)  # aggregate -> the partitions it was found in
 
     def problems(self, *, allow_duplicates: bool = False) -> list[str]:
@@ -269,6 +273,9 @@ class AuditReport:
             out.append(f"{len(self.unexpected)} unexpected, e.g. {sorted(self.unexpected)[:3]}")
         if self.out_of_order:
             out.append(f"{len(self.out_of_order)} out of order, e.g. {self.out_of_order[:3]}")
+        if self.redelivered_behind and not allow_duplicates:
+            out.append(f"{len(self.redelivered_behind)} copies of older records after newer ones, "
+                       f"e.g. {self.redelivered_behind[:3]}")
         if self.split:
             agg, parts = next(iter(self.split.items()))
             out.append(f"{len(self.split)} aggregates in several partitions, e.g. {agg} in {sorted(parts)}")
@@ -286,6 +293,7 @@ def audit(written: Mapping[str, list[str]], delivered: Delivered) -> AuditReport
     report.duplicated = {eid: n - 1 for eid, n in counts.items() if n > 1}
     report.unexpected = [eid for eid in counts if eid not in index]
     newest: dict[str, tuple[int, str]] = {}
+    delivered_before: set[str] = set()
     where: dict[str, set] = collections.defaultdict(set)
     parts = delivered.partitions or [("?", 0)] * len(delivered.records)
     for (key, headers, _), part in zip(delivered.records, parts, strict=True):
@@ -298,7 +306,9 @@ def audit(written: Mapping[str, list[str]], delivered: Delivered) -> AuditReport
             report.out_of_order.append(f"{agg}: {eid} carries key {key!r}")
         seen = newest.get(agg)
         if seen is not None and i < seen[0]:
-            report.out_of_order.append(f"{agg}: #{i} ({eid}) after #{seen[0]} ({seen[1]})")
+            where_to = report.redelivered_behind if eid in delivered_before else report.out_of_order
+            where_to.append(f"{agg}: #{i} ({eid}) after #{seen[0]} ({seen[1]})")
+        delivered_before.add(eid)
         if seen is None or i > seen[0]:
             newest[agg] = (i, eid)
     report.split = {agg: p for agg, p in where.items() if len(p) > 1}

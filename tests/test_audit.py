@@ -40,11 +40,19 @@ def test_first_deliveries_out_of_order():
     assert report.out_of_order and report.problems(allow_duplicates=True)
 
 
-def test_an_old_record_republished_after_a_newer_one_is_out_of_order():
-    # First deliveries are in order; the copy of a1 after a2 is what a consumer would apply last.
+def test_an_old_record_republished_after_a_newer_one_is_reported():
+    # First deliveries are in order; the copy of a1 after a3 is what a consumer would apply last.
     report = audit(WRITTEN, deliver(*GOOD, ("a", "a1", 0)))
-    assert report.out_of_order and "#0" in report.out_of_order[0]
-    assert report.problems(allow_duplicates=True)
+    assert report.redelivered_behind and "#0" in report.redelivered_behind[0]
+    assert not report.out_of_order
+    assert report.problems(), "a copy behind newer records fails every test that forbids duplicates"
+    assert not report.problems(allow_duplicates=True), "and only those"
+
+
+def test_a_first_delivery_behind_a_newer_one_fails_even_with_duplicates_allowed():
+    report = audit(WRITTEN, deliver(("a", "a1", 0), ("a", "a3", 0), ("a", "a2", 0), ("a", "a3", 0),
+                                    ("b", "b1", 1), ("b", "b2", 1)))
+    assert report.out_of_order and report.problems(allow_duplicates=True)
 
 
 def test_an_aggregate_in_two_partitions():

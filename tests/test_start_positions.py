@@ -62,8 +62,15 @@ def write_before_start(outbox: Outbox, age_s: float, tag: str, n: int = 30) -> d
 
 
 def wait_for_cdc_time(relay: RelayProcess, kafka: str, topic: str, at_least_us: int, what: str) -> None:
-    relay.wait_until(lambda: any(int(h["cdc_time"]) >= at_least_us
-                                 for _, h, _ in consume_all(kafka, [topic], timeout=20).records), 90, what)
+    from confluent_kafka import KafkaException
+
+    def seen() -> bool:
+        try:
+            return any(int(h["cdc_time"]) >= at_least_us for _, h, _ in consume_all(kafka, [topic], timeout=20).records)
+        except KafkaException:  # the topic is being created
+            return False
+
+    relay.wait_until(seen, 90, what)
 
 
 @pytest.mark.parametrize("start_from", ["earliest", "now", "lookback:30"])
