@@ -4,48 +4,14 @@ consuming the topics: 0 lost, nothing from before the start, order kept."""
 from __future__ import annotations
 
 import signal
-import threading
-import time
 import uuid
 
 import pytest
-from harness import OUTBOX_DDL, Outbox, RelayProcess, assert_delivered_in_order, consume_all, write_config
+from harness import Outbox, Writer, assert_delivered_in_order, consume_all, wait_for_cdc_time
 
-from relay.testing import CdcEmulator, now_micros
+from relay.testing import now_micros
 
 S = 1_000_000
-
-
-@pytest.fixture
-def config(tmp_path, keyspace, kafka_bootstrap, redis_url):
-    def make(**kw):
-        from relay import config as cfgmod
-        from relay import connect, schema
-
-        path = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url, **kw)
-        session = connect.cql_session(cfgmod.load(path))
-        schema.apply(session, cfgmod.load(path))
-        session.cluster.shutdown()
-        return path
-    return make
-
-
-class Writer(threading.Thread):
-    """Writes a few events per tick, like an application, until stopped."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        super().__init__(daemon=True)
-        self.outbox = outbox
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            self.outbox.write(20, aggregates=20)
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join()
 
 
 def write_before_start(outbox: Outbox, age_s: float, tag: str, n: int = 30) -> dict[str, list[str]]:
@@ -61,21 +27,17 @@ def write_before_start(outbox: Outbox, age_s: float, tag: str, n: int = 30) -> d
     return written
 
 
-def wait_for_cdc_time(relay: RelayProcess, kafka: str, topic: str, at_least_us: int, what: str) -> None:
-    relay.wait_until(lambda: any(int(h["cdc_time"]) >= at_least_us
-                                 for _, h, _ in consume_all(kafka, [topic], timeout=20).records), 90, what)
-
-
 @pytest.mark.parametrize("start_from", ["earliest", "now", "lookback:30"])
-def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, config, kafka_bootstrap):
+def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, relay_config, relay_process,
+                                                   kafka_bootstrap):
     outbox = Outbox.create(cql, keyspace, start_us=now_micros() - 300 * S)
     topic = f"{keyspace}.order"
     old = write_before_start(outbox, 200, "old")  # before any lookback
     recent = write_before_start(outbox, 10, "recent")  # inside lookback:30
     expected = {"earliest": {**old, **recent}, "now": {}, "lookback:30": recent}[start_from]
 
-    path = config(workers=2, relay={"start_from": start_from})
-    first = RelayProcess(path).start()
+    path = relay_config(workers=2, relay={"start_from": start_from})
+    first = relay_process(path)
     first.wait_until(lambda: first.status().get("ready"), 90, "relay ready")
     writer = Writer(outbox)
     writer.start()
@@ -86,12 +48,12 @@ def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, con
         wait_for_cdc_time(first, kafka_bootstrap, topic, switch, "events of the new generation")
         first.signal(signal.SIGTERM)
         assert first.wait(60) == 0, first.output()[-3000:]
-        time.sleep(1)  # the application keeps writing while relay is down
+        writer.wait_rounds(10)  # the application keeps writing while relay is down
     finally:
         writer.stop()
     # A fresh dedup prefix: a restart that re-decided start_from or began over would show as
     # duplicates (or, for "now", as a gap).
-    second = RelayProcess(path, "--until", "now", env={"RELAY_REDIS__KEY_PREFIX": f"{keyspace}-second:"}).start()
+    second = relay_process(path, "--until", "now", env={"RELAY_REDIS__KEY_PREFIX": f"{keyspace}-second:"})
     assert second.wait(180) == 0, second.output()[-3000:]
 
     outbox.written.update(expected)
@@ -101,15 +63,12 @@ def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, con
     assert sum(int(h["cdc_time"]) < switch for _, h, _ in delivered.records) > 0
 
 
-def test_tablets_split_while_reading_under_now(cql, keyspace, config, kafka_bootstrap):
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
-    emu = CdcEmulator(cql, metadata_keyspace=keyspace)
-    emu.create_metadata_tables()
-    emu.enable_cdc(f"{keyspace}.outbox", tablets=4, start=now_micros() - 120 * S)
-    outbox = Outbox(emu, f"{keyspace}.outbox")
+def test_tablets_split_while_reading_under_now(cql, keyspace, relay_config, relay_process, kafka_bootstrap):
+    outbox = Outbox.create(cql, keyspace, tablets=4, start_us=now_micros() - 120 * S)
+    emu = outbox.emulator
     write_before_start(outbox, 20, "before")  # not expected: relay starts at "now"
     topic = f"{keyspace}.order"
-    relay = RelayProcess(config(workers=2, relay={"start_from": "now"})).start()
+    relay = relay_process(relay_config(workers=2, relay={"start_from": "now"}))
     relay.wait_until(lambda: relay.status().get("ready"), 90, "relay ready")
     writer = Writer(outbox)
     writer.start()
@@ -121,7 +80,7 @@ def test_tablets_split_while_reading_under_now(cql, keyspace, config, kafka_boot
         writer.stop()
     relay.signal(signal.SIGTERM)
     assert relay.wait(60) == 0, relay.output()[-3000:]
-    second = RelayProcess(relay.config, "--until", "now").start()
+    second = relay_process(relay.config, "--until", "now")
     assert second.wait(120) == 0, second.output()[-3000:]
     delivered = consume_all(kafka_bootstrap, [topic])
     assert_delivered_in_order(outbox, delivered)
