@@ -221,7 +221,6 @@ def test_sigterm_mid_window_drains_what_was_in_flight(outbox, relay_config, rela
     behind = {eid for eid in photo.in_flight if rows[eid].cdc_time_us >= saved[rows[eid].task_id]}
     assert not behind, f"{len(behind)} records in flight at SIGTERM are past their task's final checkpoint"
     delivered = consume_all(kafka_bootstrap, [topic])
-    assert len(delivered.records) < len(rows), "relay stopped mid-backlog"
     assert delivered.duplicates() == 0
     assert marked(redis_client, f"{keyspace}:", outbox.table, (rows[e] for e in delivered.ids)) == set(delivered.ids), \
         "a record in Kafka left unmarked"
