@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STACK  := deploy/local/stack
 PYTEST_ARGS ?= -n auto
 
-.PHONY: venv stack-up stack-down stack-status test test-fast lint demo bench clean
+.PHONY: venv stack-up stack-down stack-status test test-parallel test-alone test-one lint demo bench clean
 
 $(BIN)/relay: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,20 @@ stack-down:
 stack-status:
 	$(STACK) status
 
-## test: the whole suite against the real local stack (brings it up if needed).
-## Phase 1 runs in parallel; phase 2 stops and starts Kafka/Redis, so it runs alone.
-test: venv stack-up
+## test: the whole suite against the real local stack (brings it up if needed), in two phases:
+## every test that shares the stack, in parallel; then, alone, those that stop its services or load
+## the machine (markers outage, serial). The stack lock keeps them apart even without the phases.
+test: test-parallel test-alone
+
+test-parallel: venv stack-up
 	$(BIN)/pytest $(PYTEST_ARGS) -m "not outage and not serial"
+
+test-alone: venv stack-up
 	$(BIN)/pytest -m "outage or serial"
+
+## test-one: any pytest selection against the stack, e.g. make test-one T='tests/test_relay_e2e.py -k sigkill'
+test-one: venv stack-up
+	$(BIN)/pytest -x -rP $(T)
 
 lint: venv
 	$(BIN)/ruff check relay tests benchmarks

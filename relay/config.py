@@ -242,8 +242,8 @@ class Config:
             raise bad("retry.preset", f"{self.retry.preset!r}: use {' or '.join(PRESETS)}")
         if self.breaker.fail_max < 1:
             raise bad("breaker.fail_max", "must be >= 1")
-        if not 0 < self.metrics.port < 65536:
-            raise bad("metrics.port", "must be a TCP port")
+        if not 0 <= self.metrics.port < 65536:  # 0: any free port, reported in the start-up log line
+            raise bad("metrics.port", "must be a TCP port (or 0 for any free one)")
         seen = set()
         for i, t in enumerate(self.tables):
             where = f"tables[{i}]"

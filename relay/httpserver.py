@@ -29,7 +29,8 @@ def serve(host: str, port: int, snapshot: Callable[[], dict]) -> ThreadingHTTPSe
                 ready = snapshot().get("ready", False)
                 self._send(200 if ready else 503, b"ready\n" if ready else b"not ready\n", "text/plain")
             elif path == "/status":
-                self._send(200, json.dumps(snapshot(), default=str, indent=1).encode(), "application/json")
+                status = {**snapshot(), "metrics_port": self.server.server_address[1]}
+                self._send(200, json.dumps(status, default=str, indent=1).encode(), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import REPO
+from conftest import REPO
 
 pytestmark = pytest.mark.serial
 

@@ -2,19 +2,13 @@
 user errors are one line on stderr naming what to fix, exit code 2, never a traceback."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from conftest import CQL_PORT
-from harness import Outbox, free_port, write_config
+from harness import Outbox, ReservedPort, run_relay, write_config
 
-REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ["run", "status", "config check", "schema apply"]
 # A relay log record at a level that is not a problem (e.g. `relay run`'s start-up line).
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO) ")
@@ -25,7 +19,6 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
 
     @property
     def stderr_lines(self) -> list[str]:
@@ -37,17 +30,13 @@ class Result:
         return [line for line in self.stderr_lines if not LOG_RECORD.match(line)]
 
     def __str__(self) -> str:
-        return f"exit {self.returncode} after {self.seconds:.1f}s\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
-def relay(*args: str, timeout: float = 60) -> Result:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "relay", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+def relay(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+    """`python -m relay ARGS` without any RELAY_* variable but `env` (no login from the environment)."""
+    res = run_relay(*args, env=env, credentials=False, timeout=timeout)
+    return Result(res.returncode, res.stdout, res.stderr)
 
 
 def assert_one_line_error(res: Result, *fragments: str) -> str:
@@ -95,55 +84,38 @@ def test_bad_config_is_one_line_exit_2(tmp_path, case, command):
 def test_relay_config_variable_is_used_and_named(tmp_path):
     path = tmp_path / "from-env.toml"
     path.write_text(TABLE)
-    env_res = subprocess.run([sys.executable, "-m", "relay", "config", "check"], cwd=REPO, capture_output=True,
-                             text=True, timeout=60,
-                             env={**{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
-                                  "RELAY_CONFIG": str(path)})
-    res = Result(env_res.returncode, env_res.stdout, env_res.stderr, 0)
+    res = relay("config", "check", env={"RELAY_CONFIG": str(path)})
     assert_one_line_error(res, f"{path}: kafka.bootstrap_servers: required")
 
 
 # --------------------------------------------------------------------------- unreachable Cassandra
 
-def unreachable_config(tmp_path: Path) -> Path:
-    path = tmp_path / "unreachable.toml"
-    path.write_text(f"""
-[scylla]
-contact_points = ["127.0.0.1"]
-port = 1
-
-{TABLE}
-{KAFKA}
-[metrics]
-host = "127.0.0.1"
-port = {free_port()}
-""")
-    return path
+@pytest.fixture
+def cassandra_down():
+    """A port where no Cassandra answers (bound by the test, never listened on)."""
+    port = ReservedPort()
+    yield port.port
+    port.close()
 
 
 @pytest.mark.parametrize("command", ["run", "schema apply"])
-def test_unreachable_cassandra_exits_2_quickly(tmp_path, command):
-    res = relay(*command.split(), "--config", str(unreachable_config(tmp_path)), timeout=45)
-    assert res.returncode == 2, str(res)
-    assert res.seconds < 30, str(res)
-    last = res.stderr_lines[-1]
-    assert last.startswith("relay: cannot connect to Scylla/Cassandra at 127.0.0.1:1"), str(res)
-
-
-@pytest.mark.parametrize("command", ["run", "schema apply"])
-def test_unreachable_cassandra_is_one_line_without_traceback(tmp_path, command):
-    res = relay(*command.split(), "--config", str(unreachable_config(tmp_path)), timeout=45)
+def test_unreachable_cassandra_is_one_line_exit_2_without_traceback(tmp_path, keyspace_name, cassandra_down,
+                                                                    command):
+    """Exits by itself (how fast is a benchmark's business; the timeout only ends a hang)."""
+    config = write_config(tmp_path / "unreachable.toml", keyspace_name, scylla={"port": cassandra_down})
+    res = relay(*command.split(), "--config", str(config))
     assert res.returncode == 2, str(res)
     assert "Traceback" not in res.stdout + res.stderr, str(res)
     assert len(res.problem_lines) == 1, str(res)
-    assert res.problem_lines[0].startswith("relay: cannot connect to Scylla/Cassandra at 127.0.0.1:1")
+    assert res.problem_lines[0].startswith(f"relay: cannot connect to Scylla/Cassandra at 127.0.0.1:{cassandra_down}")
+    assert res.stderr_lines[-1] == res.problem_lines[0], "the message is the last thing said"
 
 
 # --------------------------------------------------------------------------- relay schema not applied
 
 def test_run_before_schema_apply(tmp_path, keyspace, kafka_bootstrap, redis_url):
-    config = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url)
-    res = relay("run", "--config", str(config), timeout=60)
+    config = write_config(tmp_path / "relay.toml", keyspace)
+    res = relay("run", "--config", str(config))
     assert res.returncode == 2, str(res)
     assert "Traceback" not in res.stdout + res.stderr, str(res)
     assert len(res.problem_lines) == 1, str(res)
@@ -153,8 +125,8 @@ def test_run_before_schema_apply(tmp_path, keyspace, kafka_bootstrap, redis_url)
 
 
 def test_status_before_schema_apply_is_one_line(tmp_path, keyspace, kafka_bootstrap, redis_url):
-    config = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url)
-    res = relay("status", "--config", str(config), timeout=60)
+    config = write_config(tmp_path / "relay.toml", keyspace)
+    res = relay("status", "--config", str(config))
     assert_one_line_error(res, "relay schema apply")
 
 
@@ -164,7 +136,7 @@ def test_status_before_schema_apply_is_one_line(tmp_path, keyspace, kafka_bootst
 def applied(tmp_path, cql, keyspace, kafka_bootstrap, redis_url):
     """An emulated outbox with CDC and relay's tables created by `relay schema apply`; returns the config."""
     Outbox.create(cql, keyspace)
-    config = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url)
+    config = write_config(tmp_path / "relay.toml", keyspace)
     res = relay("schema", "apply", "--config", str(config))
     assert res.returncode == 0, str(res)
     assert f"ok  {keyspace}.checkpoints" in res.stdout and f"ok  {keyspace}.dead_letters" in res.stdout, str(res)
@@ -177,10 +149,15 @@ def screen(res: Result) -> dict[str, str]:
 
 
 def test_config_check_reports_kafka_and_redis_down(tmp_path, keyspace, applied):
-    kafka_port, redis_port = free_port(), free_port()
-    config = write_config(tmp_path / "down.toml", keyspace, f"127.0.0.1:{kafka_port}",
-                          f"redis://127.0.0.1:{redis_port}/0")
-    res = relay("config", "check", "--config", str(config), timeout=60)
+    kafka, redis = ReservedPort(), ReservedPort()  # bound by the test, never listened on: down
+    kafka_port, redis_port = kafka.port, redis.port
+    config = write_config(tmp_path / "down.toml", keyspace, bootstrap=f"127.0.0.1:{kafka_port}",
+                          redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    try:
+        res = relay("config", "check", "--config", str(config))
+    finally:
+        kafka.close()
+        redis.close()
     assert_one_line_error(res, "2 service(s) failed")
     lines = screen(res)
     assert set(lines) == {"config", "scylla", "kafka", "redis"}, str(res)
@@ -189,11 +166,10 @@ def test_config_check_reports_kafka_and_redis_down(tmp_path, keyspace, applied):
     assert f"127.0.0.1:{CQL_PORT}" in lines["scylla"] and f"keyspace {keyspace} ok" in lines["scylla"]
     assert lines["kafka"].split()[1] == "FAIL" and f"127.0.0.1:{kafka_port}" in lines["kafka"], lines["kafka"]
     assert lines["redis"].split()[1] == "FAIL" and f"127.0.0.1:{redis_port}" in lines["redis"], lines["redis"]
-    assert res.seconds < 30, str(res)
 
 
 def test_config_check_against_the_stack_passes(keyspace, applied, kafka_bootstrap, redis_url):
-    res = relay("config", "check", "--config", str(applied), timeout=60)
+    res = relay("config", "check", "--config", str(applied))
     assert res.returncode == 0, str(res)
     assert "Traceback" not in res.stdout + res.stderr, str(res)
     assert res.problem_lines == [], str(res)
@@ -206,8 +182,8 @@ def test_config_check_against_the_stack_passes(keyspace, applied, kafka_bootstra
 
 def test_config_check_without_relay_schema_fails_on_scylla(tmp_path, cql, keyspace, kafka_bootstrap, redis_url):
     Outbox.create(cql, keyspace)
-    config = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url)
-    res = relay("config", "check", "--config", str(config), timeout=60)
+    config = write_config(tmp_path / "relay.toml", keyspace)
+    res = relay("config", "check", "--config", str(config))
     assert_one_line_error(res, "1 service(s) failed")
     lines = screen(res)
     assert lines["scylla"].split()[1] == "FAIL" and "relay schema apply" in lines["scylla"], str(res)
@@ -217,7 +193,7 @@ def test_config_check_without_relay_schema_fails_on_scylla(tmp_path, cql, keyspa
 # --------------------------------------------------------------------------- arguments
 
 def test_help_lists_every_command():
-    res = relay("--help", timeout=30)
+    res = relay("--help")
     assert res.returncode == 0, str(res)
     listed = re.findall(r"^ {4}(\w+)\s", res.stdout, flags=re.MULTILINE)
     for command in ("run", "schema", "config", "status", "dlq", "loadgen", "verify"):
@@ -225,15 +201,14 @@ def test_help_lists_every_command():
     assert res.stderr == ""
 
 
-def test_run_until_garbage(tmp_path):
-    config = write_config(tmp_path / "relay.toml", "never_created", "127.0.0.1:9092", "redis://127.0.0.1:6379/0")
-    res = relay("run", "--until", "garbage", "--config", str(config), timeout=30)
+def test_run_until_garbage(tmp_path, keyspace_name):
+    config = write_config(tmp_path / "relay.toml", keyspace_name)
+    res = relay("run", "--until", "garbage", "--config", str(config))
     assert_one_line_error(res, "--until", "garbage")
-    assert res.seconds < 20, str(res)
 
 
 def test_unknown_command_exits_2():
-    res = relay("frobnicate", timeout=30)
+    res = relay("frobnicate")
     assert res.returncode == 2, str(res)
     assert "Traceback" not in res.stdout + res.stderr
     assert "invalid choice" in res.stderr

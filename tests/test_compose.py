@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from relay import config as relay_config
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "Dockerfile"
-DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DEPLOY = REPO / "deploy"
 COMPOSE_TOML = DEPLOY / "compose" / "relay.toml"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"
@@ -410,7 +410,7 @@ def test_compose_host_paths_exist():
     spec = compose()
     paths = host_paths(spec)
     assert {kind for _, kind, _ in paths} >= {"build context", "volume"}
-    assert host_path_problems(spec, ROOT) == []
+    assert host_path_problems(spec, REPO) == []
 
 
 def test_compose_ports_bind_loopback_only():
@@ -443,7 +443,7 @@ def test_compose_relay_env_maps_to_config_keys():
         env = env_dict(s.get("environment"))
         assert env.get("RELAY_CONFIG") in bind_targets(s), \
             f"{name}: RELAY_CONFIG={env.get('RELAY_CONFIG')} is not a mounted file"
-        host_toml = ROOT / bind_targets(s)[env["RELAY_CONFIG"]]
+        host_toml = REPO / bind_targets(s)[env["RELAY_CONFIG"]]
         assert env_problems(env, host_toml) == [], name
 
 
@@ -490,7 +490,7 @@ def test_compose_scylla_init_renders_outbox_cql(tmp_path):
     # The container's scratch path first: the repository itself may live under /tmp (CI clones).
     script = script.replace("/tmp/", f"{tmp_path}/")
     for container, host in bind_targets(s).items():
-        script = script.replace(container, str(ROOT / host))
+        script = script.replace(container, str(REPO / host))
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "cqlsh").write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  [ "$1" = -f ] && cp "$2" "$CAPTURE"\n'
@@ -534,10 +534,10 @@ def test_prometheus_scrapes_relay_replicas():
     mounts = bind_targets(service)
     config_arg = next(a for a in service["command"] if a.startswith("--config.file="))
     container_cfg = config_arg.split("=", 1)[1]
-    assert (ROOT / mounts[container_cfg]).resolve() == PROMETHEUS_YML.resolve()
+    assert (REPO / mounts[container_cfg]).resolve() == PROMETHEUS_YML.resolve()
     for rule in prom["rule_files"]:
         target = os.path.join(os.path.dirname(container_cfg), rule)
-        assert target in mounts and (ROOT / mounts[target]).resolve() == (PROMETHEUS_YML.parent / rule).resolve()
+        assert target in mounts and (REPO / mounts[target]).resolve() == (PROMETHEUS_YML.parent / rule).resolve()
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -558,7 +558,7 @@ def test_dockerfile_matches_config():
 
 
 def test_dockerignore_keeps_local_state_out():
-    entries = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+    entries = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".venv", ".stack", ".git", "benchmarks/results"} <= entries
     assert "**/__pycache__" in entries or "__pycache__" in entries
@@ -569,7 +569,7 @@ def test_dockerignore_keeps_local_state_out():
             if instr in ("COPY", "ADD") and not args.startswith("--from"):
                 sources |= {a for a in args.split()[:-1] if not a.startswith("--")}
     assert sources and not sources & entries
-    assert all((ROOT / src).exists() for src in sources)
+    assert all((REPO / src).exists() for src in sources)
 
 
 # --------------------------------------------------------------------------- metrics, dashboard, alerts
@@ -583,7 +583,7 @@ def test_metrics_md_lists_the_contract():
 
 def test_metrics_contract_matches_the_code():
     """relay/metrics.py defines exactly the contract's metrics, with the same types."""
-    source = ROOT / "relay" / "metrics.py"
+    source = REPO / "relay" / "metrics.py"
     if not source.exists():
         pytest.skip("relay/metrics.py is not written yet")
     defined = {name: kind.lower() for kind, name in
@@ -627,7 +627,7 @@ def test_dashboard_datasource_is_the_provisioned_one():
     # The dashboard provider reads the directory the dashboards are mounted at.
     provider = load_yaml(DASHBOARD_PROVIDER_YML)["providers"][0]
     mounts = bind_targets(services["grafana"])
-    assert (ROOT / mounts[provider["options"]["path"]]).resolve() == DASHBOARD_JSON.parent.resolve()
+    assert (REPO / mounts[provider["options"]["path"]]).resolve() == DASHBOARD_JSON.parent.resolve()
     assert "provisioning" in str(mounts["/etc/grafana/provisioning"])
 
 
@@ -782,10 +782,10 @@ def test_checks_catch_mistakes(tmp_path):
     assert port_problems("x", {"ports": ["127.0.0.1:9100:9100"], "deploy": {"replicas": 2}})
     assert port_problems("x", {"ports": ["127.0.0.1:9042:9042"]}) == []
     # host paths
-    assert host_path_problems({"services": {"x": {"volumes": ["./deploy/nope.yml:/etc/x"]}}}, ROOT)
-    assert host_path_problems({"services": {"x": {"env_file": ".env.missing"}}}, ROOT)
-    assert host_path_problems({"services": {"x": {"build": {"context": ".", "dockerfile": "Nope"}}}}, ROOT)
-    assert host_path_problems({"services": {"x": {"volumes": ["../outside:/x"]}}}, ROOT)
+    assert host_path_problems({"services": {"x": {"volumes": ["./deploy/nope.yml:/etc/x"]}}}, REPO)
+    assert host_path_problems({"services": {"x": {"env_file": ".env.missing"}}}, REPO)
+    assert host_path_problems({"services": {"x": {"build": {"context": ".", "dockerfile": "Nope"}}}}, REPO)
+    assert host_path_problems({"services": {"x": {"volumes": ["../outside:/x"]}}}, REPO)
     # commands
     assert command_problems(["relay", "relay", "run"])
     assert command_problems(["relay", "start"])

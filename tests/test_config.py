@@ -113,6 +113,11 @@ def test_example_is_frozen(tmp_path):
         cfg.kafka.bootstrap_servers = "elsewhere:9092"  # type: ignore[misc]
 
 
+def test_metrics_port_0_means_any_free_port(tmp_path):
+    # Tests run many relays at once: each binds a port of the kernel's choosing and logs it.
+    assert load_text(tmp_path, f"{MINIMAL}\n[metrics]\nport = 0\n").metrics.port == 0
+
+
 def test_defaults_from_a_minimal_file(tmp_path):
     cfg = load_text(tmp_path, MINIMAL)
     assert cfg.tables == ()
@@ -333,6 +338,7 @@ def test_tables_must_be_an_array(tmp_path):
     ("retry", "preset", '"reckless"', "use aggressive or conservative"),
     ("breaker", "fail_max", "0", "must be >= 1"),
     ("metrics", "port", "70000", "must be a TCP port"),
+    ("metrics", "port", "-1", "must be a TCP port"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, section, key, value, expect):
     msg = error_of(tmp_path, f"{MINIMAL}\n[{section}]\n{key} = {value}\n")

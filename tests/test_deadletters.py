@@ -9,17 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relay import schema, timeuuid
+from relay import timeuuid
 from relay.deadletters import DeadLetterWriter, count_pending
 from relay.model import OutboxEvent
 
 
 @pytest.fixture
-def writer(cql, keyspace):
-    for stmt in schema.statements(schema.render("relay.cql", keyspace, "{'class': 'SimpleStrategy', "
-                                                                        "'replication_factor': 1}")):
-        if not stmt.startswith("CREATE KEYSPACE"):
-            cql.execute(stmt)
+def writer(cql, keyspace, relay_config):
+    relay_config()  # relay's tables in the test's keyspace, as `relay schema apply` makes them
     return DeadLetterWriter(cql, keyspace)
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from cassandra import ConsistencyLevel, InvalidRequest, OperationTimedOut
-from conftest import CQL_PASSWORD, CQL_USER
+from harness import outbox_ddl, write_config
 
 from relay import config
 from relay.config import TableConfig
@@ -275,22 +275,11 @@ def test_cdc_ttl_seconds_from_the_fake_schema():
 
 # --------------------------------------------------------------------------- real driver
 
-OUTBOX_DDL = "CREATE TABLE {ks}.{name} (aggregate_id text, id timeuuid, payload blob, PRIMARY KEY (aggregate_id, id))"
-
-
 @pytest.fixture
-def real(cql, keyspace, emulator):
+def real(cql, keyspace, emulator, tmp_path):
     from relay import connect
 
-    c = config.load(None, environ={
-        "RELAY_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-        "RELAY_SCYLLA__PORT": str(cql.cluster.port),
-        "RELAY_SCYLLA__CONSISTENCY": "ONE",
-        "RELAY_SCYLLA__RELAY_KEYSPACE": keyspace,
-        "RELAY_SCYLLA__CDC_METADATA_KEYSPACE": keyspace,
-        "RELAY_SCYLLA__TABLETS_METADATA_KEYSPACE": keyspace,
-        "RELAY_SCYLLA__USERNAME": CQL_USER, "RELAY_SCYLLA__PASSWORD": CQL_PASSWORD,
-    })
+    c = config.load(write_config(tmp_path / "relay.toml", keyspace))
     session = connect.cql_session(c)
     yield emulator, Discovery(session, c), keyspace
     session.cluster.shutdown()
@@ -301,7 +290,7 @@ def test_real_cdc_ttl_as_stored_by_the_emulation(cql, real):
     emu.open_generation(vnodes=4, shards=2, seed=3)
     for name, kw, expected in [("no_expiry", {"ttl": 0}, 0), ("hour", {"ttl": 3600}, 3600),
                                ("default", {}, 86400)]:
-        cql.execute(OUTBOX_DDL.format(ks=ks, name=name))
+        cql.execute(outbox_ddl(ks, name))
         emu.enable_cdc(f"{ks}.{name}", **kw)
         assert d.cdc_ttl_seconds(TableConfig(name=f"{ks}.{name}")) == expected, name
     # Same shape and bytes as Scylla's system_schema.tables.extensions['cdc'].
@@ -320,7 +309,7 @@ def test_real_partial_generation_waits_and_disappearance_is_reported(cql, real):
     from relay.testing import now_micros
 
     emu, d, ks = real
-    cql.execute(OUTBOX_DDL.format(ks=ks, name="outbox"))
+    cql.execute(outbox_ddl(ks))
     g1 = emu.open_generation(start=now_micros() - 120_000_000, vnodes=4, shards=2, seed=1)
     emu.enable_cdc(f"{ks}.outbox")
     table = TableConfig(name=f"{ks}.outbox")

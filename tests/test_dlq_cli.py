@@ -6,45 +6,23 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from string import Template
 
 import pytest
-from conftest import CQL_PORT, KAFKA_BOOTSTRAP, unique
+from conftest import unique
+from harness import write_config
 
-from relay import timeuuid
+from relay import config, schema, timeuuid
 from relay.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+
+def dlq_config(tmp_path: Path, keyspace: str, relay_keyspace: str | None = None) -> Path:
+    """Two tables; relay's own keyspace is the test's unless told otherwise."""
+    return write_config(tmp_path / "relay.toml", keyspace, tables=("outbox", "other"),
+                        scylla={"relay_keyspace": relay_keyspace or keyspace})
 
 
-def write_config(tmp_path: Path, keyspace: str, relay_keyspace: str | None = None) -> Path:
-    path = tmp_path / "relay.toml"
-    path.write_text(f"""
-[scylla]
-contact_points = ["127.0.0.1"]
-port = {CQL_PORT}
-relay_keyspace = "{relay_keyspace or keyspace}"
-cdc_metadata_keyspace = "{keyspace}"
-
-[[tables]]
-name = "{keyspace}.outbox"
-
-[[tables]]
-name = "{keyspace}.other"
-
-[kafka]
-bootstrap_servers = "{KAFKA_BOOTSTRAP}"
-""")
-    return path
-
-
-def apply_relay_schema(cql, keyspace: str) -> None:
-    text = Template((ROOT / "cql" / "relay.cql").read_text()).safe_substitute(
-        keyspace=keyspace, replication="{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    for stmt in (s.strip() for s in body.split(";")):
-        if stmt:
-            cql.execute(stmt)
+def apply_relay_schema(cql, path: Path) -> None:
+    schema.apply(cql, config.load(path))
 
 
 def insert_dead_letter(cql, keyspace: str, table: str, cdc_at: datetime, status: str, error_class: str,
@@ -65,7 +43,8 @@ def insert_dead_letter(cql, keyspace: str, table: str, cdc_at: datetime, status:
 @pytest.fixture
 def dead_letters(cql, keyspace, tmp_path):
     """Four dead letters in the last 7 days over two tables, one older than that."""
-    apply_relay_schema(cql, keyspace)
+    path = dlq_config(tmp_path, keyspace)
+    apply_relay_schema(cql, path)
     now = datetime.now(UTC)
     a, b = f"{keyspace}.outbox", f"{keyspace}.other"
     insert_dead_letter(cql, keyspace, a, now - timedelta(hours=3), "pending", "MSG_SIZE_TOO_LARGE",
@@ -74,7 +53,7 @@ def dead_letters(cql, keyspace, tmp_path):
     insert_dead_letter(cql, keyspace, a, now - timedelta(minutes=10), "replayed", "MSG_SIZE_TOO_LARGE")
     insert_dead_letter(cql, keyspace, b, now - timedelta(days=2), "discarded", "UNKNOWN_TOPIC_OR_PART")
     insert_dead_letter(cql, keyspace, a, now - timedelta(days=10), "pending", "MSG_SIZE_TOO_LARGE")
-    return write_config(tmp_path, keyspace), a, b
+    return path, a, b, now
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -83,7 +62,7 @@ def run_json(capsys, *argv: str) -> dict:
 
 
 def test_list_human_newest_first(dead_letters, capsys):
-    path, a, b = dead_letters
+    path, a, b, _ = dead_letters
     assert main(["dlq", "list", "--config", str(path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:4] == ["CDC", "TIME", "(UTC)", "TABLE"]
@@ -96,7 +75,7 @@ def test_list_human_newest_first(dead_letters, capsys):
 
 
 def test_list_json_filters_and_limits(dead_letters, capsys):
-    path, a, b = dead_letters
+    path, a, b, _ = dead_letters
     base = ["dlq", "list", "--config", str(path), "--json"]
 
     everything = run_json(capsys, *base)
@@ -118,21 +97,27 @@ def test_list_json_filters_and_limits(dead_letters, capsys):
 
 
 def test_stats(dead_letters, capsys):
-    path, a, b = dead_letters
+    path, a, b, written_at = dead_letters
     stats = run_json(capsys, "dlq", "stats", "--config", str(path), "--json")
+    # The oldest pending failed 2 h before `written_at`; stats looked at it since (no slack guessed).
+    since = datetime.now(UTC) - written_at
     assert stats["total"] == 4
     assert stats["by_status"] == {"pending": 2, "replayed": 1, "discarded": 1}
     assert {(c["table"], c["status"], c["error_class"], c["count"]) for c in stats["counts"]} == {
         (a, "pending", "MSG_SIZE_TOO_LARGE", 1), (a, "pending", "missing_aggregate_id", 1),
         (a, "replayed", "MSG_SIZE_TOO_LARGE", 1), (b, "discarded", "UNKNOWN_TOPIC_OR_PART", 1)}
     assert stats["oldest_pending_table"] == a
-    assert 7200 <= stats["oldest_pending_age_seconds"] < 7200 + 120, "age counts from the first failure"
+    assert 7200 <= stats["oldest_pending_age_seconds"] <= 7200 + since.total_seconds(), \
+        "age counts from the first failure"
     assert stats["tables"][b]["oldest_pending_age_seconds"] is None
 
     assert main(["dlq", "stats", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "total 4: discarded 1, pending 2, replayed 1" in out
-    assert re.search(r"oldest pending: (1h59m|2h0[01]m) \(" + re.escape(a) + r"\)", out), out
+    m = re.search(r"oldest pending: (\d+)h(\d+)m \(" + re.escape(a) + r"\)", out)
+    assert m, out
+    shown = int(m.group(1)) * 60 + int(m.group(2))  # minutes, rounded either way
+    assert 119 <= shown <= 121 + (datetime.now(UTC) - written_at).total_seconds() / 60, out
     assert re.search(re.escape(a) + r"\s+pending\s+MSG_SIZE_TOO_LARGE\s+1$", out, re.MULTILINE), out
 
     older = run_json(capsys, "dlq", "stats", "--config", str(path), "--json", "--days", "14", "--table", a)
@@ -141,8 +126,8 @@ def test_stats(dead_letters, capsys):
 
 
 def test_empty_table_reports_nothing(cql, keyspace, tmp_path, capsys):
-    apply_relay_schema(cql, keyspace)
-    path = write_config(tmp_path, keyspace)
+    path = dlq_config(tmp_path, keyspace)
+    apply_relay_schema(cql, path)
     assert main(["dlq", "list", "--config", str(path)]) == 0
     assert capsys.readouterr().out.strip() == "no dead letters in the last 7 day(s)"
     assert run_json(capsys, "dlq", "stats", "--config", str(path), "--json")["total"] == 0
@@ -151,7 +136,7 @@ def test_empty_table_reports_nothing(cql, keyspace, tmp_path, capsys):
 @pytest.mark.parametrize("schema", ["no keyspace", "no table"])
 def test_missing_schema_is_a_user_error(keyspace, tmp_path, capsys, schema):
     relay_keyspace = unique("missing") if schema == "no keyspace" else keyspace
-    path = write_config(tmp_path, keyspace, relay_keyspace)
+    path = dlq_config(tmp_path, keyspace, relay_keyspace)
     for action in ("list", "stats"):
         assert main(["dlq", action, "--config", str(path)]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("relay: ")]

@@ -6,7 +6,7 @@ import signal
 import urllib.error
 import uuid
 
-from harness import Outbox, RelayProcess, assert_delivered_in_order, consume_all, write_config
+from harness import Outbox, RelayProcess, assert_delivered_in_order, consume_all
 
 
 def _ready(relay: RelayProcess) -> bool:
@@ -19,32 +19,21 @@ def _ready(relay: RelayProcess) -> bool:
         raise
 
 
-COLUMNS = """[tables.columns]
-event_id = "event_id"
-aggregate_type = "category"
-aggregate_id = "agg"
-event_type = "kind"
-payload = "body"
-"""
+COLUMNS = {"event_id": "event_id", "aggregate_type": "category", "aggregate_id": "agg", "event_type": "kind",
+           "payload": "body"}
 
 
-def test_failing_dead_letter_writes_surface_and_recover(cql, keyspace, tmp_path, kafka_bootstrap, redis_url):
+def test_failing_dead_letter_writes_surface_and_recover(cql, keyspace, relay_config, relay_process, kafka_bootstrap):
     from relay import config as cfgmod
-    from relay import connect, schema
-    from relay.testing import CdcEmulator, now_micros
+    from relay import schema
+    from relay.testing import now_micros
 
-    cql.execute(f"CREATE TABLE {keyspace}.events (bucket int, seq timeuuid, event_id uuid, agg text, kind text, "
-                f"category text, body text, PRIMARY KEY ((bucket), seq))")
-    emu = CdcEmulator(cql, metadata_keyspace=keyspace)
-    emu.create_metadata_tables()
-    emu.open_generation(start=now_micros() - 10_000_000, vnodes=8, shards=2, seed=9)
-    emu.enable_cdc(f"{keyspace}.events")
-    outbox = Outbox(emu, f"{keyspace}.events")
-    path = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url, workers=1, table="events",
-                        columns=COLUMNS)
-    session = connect.cql_session(cfgmod.load(path))
-    schema.apply(session, cfgmod.load(path))
-    relay = RelayProcess(path).start()
+    ddl = (f"CREATE TABLE {keyspace}.events (bucket int, seq timeuuid, event_id uuid, agg text, kind text, "
+           f"category text, body text, PRIMARY KEY ((bucket), seq))")
+    outbox = Outbox.create(cql, keyspace, name="events", ddl=ddl, vnodes=8, start_us=now_micros() - 10_000_000)
+    emu = outbox.emulator
+    path = relay_config(workers=1, tables=("events",), columns=COLUMNS)
+    relay = relay_process(path)
     relay.wait_until(lambda: _ready(relay), 90, "relay ready")
 
     cql.execute(f"DROP TABLE {keyspace}.dead_letters", timeout=60)  # every dead-letter write now fails
@@ -61,15 +50,14 @@ def test_failing_dead_letter_writes_surface_and_recover(cql, keyspace, tmp_path,
     assert relay.status()["dead_letter_writes_failing"]
     assert "cannot write dead letters" in relay.output()
 
-    schema.apply(session, cfgmod.load(path))  # the operator restores the table
+    schema.apply(cql, cfgmod.load(path))  # the operator restores the table
     relay.wait_until(lambda: _ready(relay), 120, "/ready to turn true again")
     relay.wait_until(lambda: cql.execute(f"SELECT count(*) FROM {keyspace}.dead_letters").one()[0] == 1, 60,
                      "the poison row in dead_letters")
-    relay.wait_until(lambda: len(consume_all(kafka_bootstrap, [f"{keyspace}.order"], timeout=20).records) >= 20,
+    relay.wait_until(lambda: outbox.expected_ids() <= set(consume_all(kafka_bootstrap, [f"{keyspace}.order"]).ids),
                      60, "the good events")
     relay.signal(signal.SIGTERM)
     assert relay.wait(60) == 0
-    session.cluster.shutdown()
     row = cql.execute(f"SELECT event_id, status FROM {keyspace}.dead_letters").one()
     assert row.event_id == str(poison) and row.status == "pending"
     assert_delivered_in_order(outbox, consume_all(kafka_bootstrap, [f"{keyspace}.order"]))

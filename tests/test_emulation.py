@@ -6,10 +6,10 @@ trusting the emulator's in-memory state.
 from __future__ import annotations
 
 import bisect
-import time
 import uuid
 
 import pytest
+from harness import outbox_ddl, wait_for_clock
 
 from relay import timeuuid
 from relay.streams import make_stream_id, stream_token, stream_version, vnode_index
@@ -24,10 +24,8 @@ from relay.testing import (
 )
 from relay.testing.ring import MAX_TOKEN, MIN_TOKEN, VnodeRing, shard_of, tablet_last_tokens
 
-OUTBOX_DDL = """CREATE TABLE {ks}.outbox (
-    aggregate_id text, id timeuuid, aggregate_type text, event_type text, payload blob,
-    created_at timestamp, headers map<text, text>, tags set<text>, notes list<text>,
-    PRIMARY KEY ((aggregate_id), id))"""
+# The standard outbox plus a set and a list, whose log columns Scylla shapes differently.
+EXTRA_COLUMNS = "tags set<text>, notes list<text>"
 
 
 def _columns(cql, ks, table):
@@ -106,7 +104,7 @@ def test_generation_tables_have_scylla_schema(cql, emulator, keyspace):
 
 
 def test_log_table_has_scylla_columns(cql, emulator, keyspace):
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
+    cql.execute(outbox_ddl(keyspace, extra_columns=EXTRA_COLUMNS))
     emulator.open_generation(vnodes=8, shards=2, seed=1)
     emulator.enable_cdc(f"{keyspace}.outbox", ttl=3600)
     cols = _columns(cql, keyspace, "outbox_scylla_cdc_log")
@@ -140,7 +138,7 @@ def test_log_table_has_scylla_columns(cql, emulator, keyspace):
 
 @pytest.fixture
 def outbox(cql, emulator, keyspace):
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
+    cql.execute(outbox_ddl(keyspace, extra_columns=EXTRA_COLUMNS))
     emulator.open_generation(start=now_micros() - 60_000_000, vnodes=32, shards=3, seed=11)
     emulator.enable_cdc(f"{keyspace}.outbox")
     return f"{keyspace}.outbox"
@@ -244,7 +242,7 @@ def test_new_generation_switches_streams_at_its_timestamp(cql, emulator, keyspac
     assert n_rows == 16
 
     before = emulator.insert(outbox, {"aggregate_id": "k", "id": uuid.uuid1(), "event_type": "before"})
-    time.sleep(max(0.0, (start - now_micros()) / 1e6) + 0.1)
+    wait_for_clock(start)  # the next write is stamped in the new generation
     after = emulator.insert(outbox, {"aggregate_id": "k", "id": uuid.uuid1(), "event_type": "after"})
     rows = {r[1]: r[0] for r in _log_rows(cql, keyspace)}
     assert rows[before] in set(old.all_streams())
@@ -266,7 +264,7 @@ def test_late_rows_and_write_admission(cql, emulator, keyspace, outbox):
 
 
 def test_no_generation_means_no_stream(cql, emulator, keyspace):
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
+    cql.execute(outbox_ddl(keyspace, extra_columns=EXTRA_COLUMNS))
     emulator.enable_cdc(f"{keyspace}.outbox")
     with pytest.raises(CdcWriteRejected):
         emulator.insert(f"{keyspace}.outbox", {"aggregate_id": "a", "id": uuid.uuid1()})
@@ -297,7 +295,7 @@ def test_cdc_options_are_stored_like_scyllas_schema_extension(cql, emulator, key
 
     emulator.open_generation(start=now_micros() - 60_000_000, vnodes=4, shards=2, seed=2)
     for name, ttl in (("hour", 3600), ("forever", 0)):
-        cql.execute(OUTBOX_DDL.format(ks=keyspace).replace(".outbox", f".{name}"))
+        cql.execute(outbox_ddl(keyspace, name, EXTRA_COLUMNS))
         emulator.enable_cdc(f"{keyspace}.{name}", ttl=ttl)
         row = cql.execute(f"SELECT extensions FROM {keyspace}.tables WHERE keyspace_name = %s AND table_name = %s",
                           (keyspace, name)).one()
@@ -318,7 +316,7 @@ def test_cdc_options_are_stored_like_scyllas_schema_extension(cql, emulator, key
 # ---------------------------------------------------------------------------- tablets
 
 def test_tablets_stream_sets_and_resize(cql, emulator, keyspace):
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
+    cql.execute(outbox_ddl(keyspace, extra_columns=EXTRA_COLUMNS))
     table = f"{keyspace}.outbox"
     emulator.enable_cdc(table, tablets=4, start=now_micros() - 10_000_000)
     rows = list(cql.execute(f"SELECT timestamp, stream_state, stream_id FROM {keyspace}.cdc_streams "
@@ -346,7 +344,7 @@ def test_tablets_stream_sets_and_resize(cql, emulator, keyspace):
         by_state.setdefault(r.stream_state, set()).add(r.stream_id)
     assert len(by_state[0]) == 8 and by_state[2] == by_state[0]
     assert by_state[1] == set(current), "the split closes every old stream"
-    time.sleep(max(0.0, (split_at - now_micros()) / 1e6) + 0.1)
+    wait_for_clock(split_at)  # the next write is stamped after the split
     after = emulator.insert(table, {"aggregate_id": "t1", "id": uuid.uuid1()})
     sid_after = next(r[0] for r in _log_rows(cql, keyspace) if r[1] == after)
     assert sid_after in by_state[0]

@@ -7,25 +7,11 @@ Judged by consuming Kafka.
 """
 from __future__ import annotations
 
-import pytest
-from harness import Outbox, RelayProcess, assert_delivered_in_order, consume_all, write_config
+from harness import Outbox, assert_delivered_in_order, consume_all
 
 from relay.discovery import tasks_of
 from relay.model import Generation
 from relay.reader import SCYLLA_MAX_IN_KEYS
-
-
-@pytest.fixture
-def config(tmp_path, keyspace, kafka_bootstrap, redis_url):
-    from relay import config as cfgmod
-    from relay import connect, schema
-
-    path = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url, workers=2)
-    cfg = cfgmod.load(path)
-    session = connect.cql_session(cfg)
-    schema.apply(session, cfg)
-    session.cluster.shutdown()
-    return path
 
 
 def refuses_long_in(cql, log_table: str, streams: list[bytes]) -> bool:
@@ -40,7 +26,7 @@ def refuses_long_in(cql, log_table: str, streams: list[bytes]) -> bool:
     return False
 
 
-def test_120_streams_per_vnode_end_to_end(cql, keyspace, config, kafka_bootstrap):
+def test_120_streams_per_vnode_end_to_end(cql, keyspace, relay_config, relay_process, kafka_bootstrap):
     outbox = Outbox.create(cql, keyspace, vnodes=3, shards=120)
     gen = outbox.emulator.generations[-1]
     assert min(len(s) for s in gen.streams_by_vnode.values()) > SCYLLA_MAX_IN_KEYS
@@ -51,7 +37,7 @@ def test_120_streams_per_vnode_end_to_end(cql, keyspace, config, kafka_bootstrap
     used = {outbox.emulator.stream_for(outbox.table, {"aggregate_id": agg}, gen.start_us) for agg in outbox.written}
     assert len(used) > 200, "the events should spread over most of the streams"
 
-    relay = RelayProcess(config, "--until", "now").start()
+    relay = relay_process(relay_config(workers=2), "--until", "now")
     assert relay.wait(240) == 0, relay.output()[-3000:]
     delivered = consume_all(kafka_bootstrap, [f"{keyspace}.order"])
     assert len(delivered.records) == 3_000

@@ -1,24 +1,30 @@
 """Kafka and Redis outages, for real: the services are stopped and started with the stack script.
 
-These stop shared services, so they run in their own serial pytest phase (`-m outage`, see the
-Makefile); the parallel phase excludes them."""
+These stop shared services: marked `outage`, each holds the stack's lock alone (conftest.stack_lock),
+and `make test` runs them in its second, serial phase."""
 from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
-from harness import REPO, Outbox, RelayProcess, assert_delivered_in_order, consume_all, write_config
+from conftest import REPO
+from harness import Outbox, RelayProcess, Writer, assert_delivered_in_order, consume_all
 
 pytestmark = pytest.mark.outage
 
 
 def stack(action: str, service: str) -> None:
+    """deploy/local/stack for one service of the stack the tests use (RELAY_STACK_* choose it)."""
     res = subprocess.run([str(REPO / "deploy" / "local" / "stack"), action, service], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def hold_outage(seconds: float, since: float) -> None:
+    """The outage itself: a service stays down this long (the scenario's length, not a wait for relay)."""
+    time.sleep(max(0.0, seconds - (time.monotonic() - since)))
 
 
 @pytest.fixture
@@ -29,42 +35,13 @@ def restore_services():
 
 
 @pytest.fixture
-def outbox(cql, keyspace):
-    return Outbox.create(cql, keyspace)
-
-
-def _config(tmp_path, keyspace, kafka, redis_url, **kw):
+def config(relay_config):
     """The harness's quick settings, but the default confidence window: outages load this small
     machine, and writes may then take more than a second to show up in the CDC log, as on a busy
     cluster; the default covers that."""
-    from relay import config as cfgmod
-    from relay import connect, schema
-
-    kw["relay"] = {"confidence_seconds": 10, **kw.get("relay", {})}
-
-    path = write_config(tmp_path / "relay.toml", keyspace, kafka, redis_url, **kw)
-    session = connect.cql_session(cfgmod.load(path))
-    schema.apply(session, cfgmod.load(path))
-    session.cluster.shutdown()
-    return path
-
-
-class Writer(threading.Thread):
-    """Writes a few events per tick until stopped, like an application would."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        super().__init__(daemon=True)
-        self.outbox = outbox
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            self.outbox.write(10, aggregates=10)
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join()
+    def make(**kw):
+        return relay_config(**{**kw, "relay": {"confidence_seconds": 10, **kw.get("relay", {})}})
+    return make
 
 
 def _drain(relay: RelayProcess, outbox: Outbox, kafka: str, keyspace: str, timeout: float = 120):
@@ -73,13 +50,12 @@ def _drain(relay: RelayProcess, outbox: Outbox, kafka: str, keyspace: str, timeo
                      "every written event in Kafka")
 
 
-def test_kafka_down_90s_with_default_settings(tmp_path, keyspace, outbox, kafka_bootstrap, redis_url, cql,
+def test_kafka_down_90s_with_default_settings(keyspace, config, relay_process, outbox, kafka_bootstrap, cql,
                                               restore_services):
     """Default timeouts (delivery, heartbeat, breaker): the outage ends in "breaker open, reading
     paused, worker alive" - no kill loop, nothing lost, nothing published twice."""
-    path = _config(tmp_path, keyspace, kafka_bootstrap, redis_url, workers=1)
-    relay = RelayProcess(path).start()
-    writer = Writer(outbox)
+    relay = relay_process(config(workers=1))
+    writer = Writer(outbox, per_round=10, aggregates=10)
     writer.start()
     try:
         relay.wait_until(lambda: relay.metric("relay_events_published_total") > 0, 60, "first events")
@@ -87,7 +63,7 @@ def test_kafka_down_90s_with_default_settings(tmp_path, keyspace, outbox, kafka_
         down_at = time.monotonic()
         relay.wait_until(lambda: relay.metric("relay_breaker_transitions_total", state="open") >= 1, 85,
                          "the breaker to open")
-        time.sleep(max(0.0, 90 - (time.monotonic() - down_at)))  # the outage itself lasts 90 s
+        hold_outage(90, since=down_at)
         stack("up", "kafka")
     finally:
         writer.stop()
@@ -111,15 +87,14 @@ def _cql_answers(cql) -> bool:
         return False
 
 
-def test_cassandra_down_60s_relay_waits_and_resumes(tmp_path, keyspace, outbox, kafka_bootstrap, redis_url, cql,
+def test_cassandra_down_60s_relay_waits_and_resumes(keyspace, config, relay_process, outbox, kafka_bootstrap, cql,
                                                    restore_services):
-    path = _config(tmp_path, keyspace, kafka_bootstrap, redis_url, workers=2)
-    relay = RelayProcess(path).start()
+    relay = relay_process(config(workers=2))
     relay.wait_until(lambda: relay.status().get("ready"), 60, "relay ready")
     outbox.write(2_000, aggregates=200)
     relay.wait_until(lambda: relay.metric("relay_events_published_total") > 0, 60, "first events")
     stack("down", "cassandra")  # mid-backlog: windows, checkpoints and discovery all fail now
-    time.sleep(60)  # the outage itself
+    hold_outage(60, since=time.monotonic())
     stack("up", "cassandra")
     relay.wait_until(lambda: _cql_answers(cql), 60, "the test's own session to reconnect")
     outbox.write(500, aggregates=200)
@@ -132,14 +107,13 @@ def test_cassandra_down_60s_relay_waits_and_resumes(tmp_path, keyspace, outbox, 
     print(f"cassandra down 60 s: {len(outbox.expected_ids())} events, 0 lost, {restarts:.0f} restarts")
 
 
-def test_redis_outage_fail_open_keeps_publishing(tmp_path, keyspace, outbox, kafka_bootstrap, redis_url,
+def test_redis_outage_fail_open_keeps_publishing(keyspace, config, relay_process, outbox, kafka_bootstrap,
                                                  restore_services):
-    path = _config(tmp_path, keyspace, kafka_bootstrap, redis_url, workers=1)
-    relay = RelayProcess(path).start()
+    relay = relay_process(config(workers=1))
     relay.wait_until(lambda: relay.status().get("ready"), 60, "relay ready")
     stack("down", "redis")
     outbox.write(200, aggregates=20)
-    relay.wait_until(lambda: relay.metric("relay_events_published_total") >= 200, 60, "events published")
+    _drain(relay, outbox, kafka_bootstrap, keyspace, timeout=60)
     assert relay.metric("relay_dedup_unavailable_total") >= 200, "publishing without dedup is counted"
     stack("up", "redis")
     relay.signal(signal.SIGTERM)
@@ -147,14 +121,12 @@ def test_redis_outage_fail_open_keeps_publishing(tmp_path, keyspace, outbox, kaf
     assert_delivered_in_order(outbox, consume_all(kafka_bootstrap, [f"{keyspace}.order"]))
 
 
-def test_redis_down_mid_window_in_pause_mode(tmp_path, keyspace, outbox, kafka_bootstrap, redis_url,
+def test_redis_down_mid_window_in_pause_mode(keyspace, config, relay_process, outbox, kafka_bootstrap,
                                              restore_services):
     """Redis stops while windows publish: acknowledged events whose dedup marks could not be written
     are kept until Redis takes them, so nothing is published twice once it returns."""
     outbox.write(6_000, aggregates=300)
-    path = _config(tmp_path, keyspace, kafka_bootstrap, redis_url, workers=2, redis_extra='on_outage = "pause"',
-                   relay={"window_seconds": 0.5})
-    relay = RelayProcess(path).start()
+    relay = relay_process(config(workers=2, redis={"on_outage": "pause"}, relay={"window_seconds": 0.5}))
     relay.wait_until(lambda: relay.metric("relay_events_published_total") > 0, 60, "first events")
     stack("down", "redis")
     published = consume_all(kafka_bootstrap, [f"{keyspace}.order"])

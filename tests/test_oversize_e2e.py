@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import os
 
-from harness import Outbox, RelayProcess, assert_delivered_in_order, consume_all, write_config
+from harness import assert_delivered_in_order, consume_all
 from publisher_helpers import create_topic
 
 
-def test_oversized_events_alone_are_dead_lettered_and_the_rest_flows_in_order(cql, keyspace, tmp_path,
-                                                                             kafka_bootstrap, redis_url):
-    from relay import config as cfgmod
-    from relay import connect, schema
-
-    outbox = Outbox.create(cql, keyspace)
+def test_oversized_events_alone_are_dead_lettered_and_the_rest_flows_in_order(cql, keyspace, outbox, relay_config,
+                                                                             relay_process, kafka_bootstrap):
     topic = f"{keyspace}.order"
     create_topic(kafka_bootstrap, topic, **{"max.message.bytes": "10000"})
     rows = outbox.rows(3_000, aggregates=300)
@@ -24,12 +20,7 @@ def test_oversized_events_alone_are_dead_lettered_and_the_rest_flows_in_order(cq
     for start in range(0, len(rows), 300):  # each round writes an aggregate at most once: per-aggregate order
         outbox.emulator.write_many(outbox.table, rows[start:start + 300])
 
-    path = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url, workers=2)
-    cfg = cfgmod.load(path)
-    session = connect.cql_session(cfg)
-    schema.apply(session, cfg)
-    session.cluster.shutdown()
-    relay = RelayProcess(path, "--until", "now").start()
+    relay = relay_process(relay_config(workers=2), "--until", "now")
     assert relay.wait(240) == 0, relay.output()[-3000:]
 
     dead = list(cql.execute(f"SELECT event_id, error_class, status FROM {keyspace}.dead_letters"))

@@ -82,9 +82,11 @@ def test_a_fatal_error_loses_no_delivery_report(kafka_bootstrap, topic):
     sent = events(topic, 3_000, aggregates=100, oversized={1_500})
     with pytest.raises(FatalProducerError) as info:
         pub.publish(sent)
-    in_kafka = set(consume_all(kafka_bootstrap, [topic]).ids)
+    delivered = consume_all(kafka_bootstrap, [topic])
+    in_kafka = set(delivered.ids)
     assert in_kafka, "some records got through before the fatal error"
     assert set(acks.ids) == in_kafka == {e.event_id for e in info.value.outcome.delivered}
+    assert_in_order_once(sent, delivered, in_kafka)
     print(f"fatal error: {len(in_kafka)} of {len(sent)} records acknowledged, all handed to on_acked")
     pub.rebuild()
     rest = [e for i, e in enumerate(sent) if e.event_id not in in_kafka and i != 1_500]

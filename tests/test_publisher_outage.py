@@ -1,5 +1,5 @@
 """Kafka outages at the Publisher, with relay's DEFAULT settings, against a Kafka of the test's own
-(started and stopped with deploy/local/stack on free ports), so the shared one stays up.
+(started and stopped with deploy/local/stack on ports reserved for it), so the shared one stays up.
 Delivery is judged by consuming the topic after Kafka returns."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pybreaker
 import pytest
-from harness import REPO, consume_all, free_port
+from conftest import REPO
+from harness import ServerPort, consume_all, wait_for
 from publisher_helpers import assert_in_order_once, config, events
 
 from relay.publisher import PublishAborted, Publisher
@@ -42,10 +43,13 @@ class OwnKafka:
 
 @pytest.fixture(scope="module")
 def own_kafka(tmp_path_factory):
-    kafka = OwnKafka(tmp_path_factory.mktemp("own-kafka"), free_port(), free_port())
+    ports = ServerPort(), ServerPort()
+    kafka = OwnKafka(tmp_path_factory.mktemp("own-kafka"), ports[0].port, ports[1].port)
     kafka.stack("up")
     yield kafka
     kafka.stack("down")
+    for port in ports:
+        port.release()
 
 
 @pytest.fixture
@@ -63,13 +67,6 @@ class Recorder:
 
     def on_acked(self, batch) -> None:
         self.acked += [e.event_id for e in batch]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def in_thread(fn, *args, **kw) -> tuple[threading.Thread, dict]:
@@ -95,7 +92,7 @@ def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothin
     during = events(topic, 3_000, aggregates=30)
     thread, result = in_thread(pub.publish, during)
     wait_for(lambda: "open" in rec.states, 60, "the breaker to open")
-    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the outage itself (the scenario's length)
     assert thread.is_alive() and not result, f"the window must wait for Kafka, not fail: {result}"
     up.stack("up")
     thread.join(300)
@@ -104,12 +101,14 @@ def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothin
     assert len(out.delivered) == len(during) and not out.failed, "nothing failed by a timeout"
     # The half-open trial of a later window closes the breaker again.
     after = events(topic, 30, aggregates=30)
-    while True:
+
+    def published() -> bool:
         try:
             pub.publish(after)
-            break
+            return True
         except pybreaker.CircuitBreakerError:
-            time.sleep(0.5)
+            return False
+    wait_for(published, 120, "the breaker to let a window through")
     assert rec.states[0] == "open" and rec.states[-1] == "closed", rec.states
     sent = before + during + after
     assert_in_order_once(sent, consume_all(up.bootstrap, [topic]), {e.event_id for e in sent})
@@ -121,7 +120,8 @@ def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothin
 def test_should_abort_ends_the_wait_and_close_still_marks_late_acks(up, topic):
     rec = Recorder()
     pub = Publisher(config(up.bootstrap), on_acked=rec.on_acked, on_breaker_state=rec.states.append)
-    pub.publish(events(topic, 10, aggregates=10))
+    first = events(topic, 10, aggregates=10)
+    pub.publish(first)
     up.stack("down")
     stop = threading.Event()
     window = events(topic, 500, aggregates=10)
@@ -133,6 +133,7 @@ def test_should_abort_ends_the_wait_and_close_still_marks_late_acks(up, topic):
     up.stack("up")
     # The worker closes its publisher when it stops: reports that still come are marked.
     pub.close(60)
-    in_kafka = set(consume_all(up.bootstrap, [topic]).ids)
-    assert set(rec.acked) == in_kafka
-    assert {e.event_id for e in window} <= in_kafka, "Kafka came back within close(): the window got through"
+    delivered = consume_all(up.bootstrap, [topic])
+    assert set(rec.acked) == set(delivered.ids)
+    assert {e.event_id for e in window} <= set(delivered.ids), "Kafka came back within close(): the window got through"
+    assert_in_order_once(first + window, delivered, set(delivered.ids))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
-from conftest import CQL_PASSWORD, CQL_USER
+from harness import outbox_ddl, write_config
 
 from relay import timeuuid
 from relay.reader import LogReader, log_table
@@ -216,29 +216,16 @@ def test_read_is_lazy_per_page():
 
 # --------------------------------------------------------------------------- real Cassandra
 
-OUTBOX_DDL = """CREATE TABLE {ks}.outbox (
-    aggregate_id text, id timeuuid, aggregate_type text, event_type text, payload blob,
-    created_at timestamp, headers map<text, text>, PRIMARY KEY ((aggregate_id), id))"""
-
-
 @pytest.fixture
-def real(cql, keyspace, emulator):
+def real(cql, keyspace, emulator, tmp_path):
     from relay import config, connect
     from relay.testing import now_micros
 
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
+    cql.execute(outbox_ddl(keyspace))
     base = (now_micros() // 1_000_000 - 30) * 1_000_000  # a whole second, 30 s ago
     emulator.open_generation(start=base - 60_000_000, vnodes=8, shards=2, seed=11)
     emulator.enable_cdc(f"{keyspace}.outbox")
-    cfg = config.load(None, environ={
-        "RELAY_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-        "RELAY_SCYLLA__PORT": str(cql.cluster.port),
-        "RELAY_SCYLLA__CONSISTENCY": "ONE",
-        "RELAY_SCYLLA__RELAY_KEYSPACE": keyspace,
-        "RELAY_SCYLLA__CDC_METADATA_KEYSPACE": keyspace,
-        "RELAY_TABLES__0__NAME": f"{keyspace}.outbox",
-        "RELAY_SCYLLA__USERNAME": CQL_USER, "RELAY_SCYLLA__PASSWORD": CQL_PASSWORD,
-    })
+    cfg = config.load(write_config(tmp_path / "relay.toml", keyspace))
     session = connect.cql_session(cfg)
     yield emulator, f"{keyspace}.outbox", base, LogReader(session, f"{keyspace}.outbox", cfg.scylla.bypass_cache,
                                                           fetch_size=2)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import os
 import subprocess
 import sys
 import time
@@ -17,10 +16,9 @@ from pathlib import Path
 import pytest
 from cassandra import InvalidRequest, Unauthorized
 from cassandra.cluster import Cluster, NoHostAvailable
-from conftest import CQL_PASSWORD, CQL_PORT, CQL_USER, KAFKA_BOOTSTRAP, REDIS_URL
-from harness import free_port
+from conftest import CQL_PASSWORD, CQL_PORT, CQL_USER, REPO
+from harness import run_relay, write_config
 
-REPO = Path(__file__).resolve().parent.parent
 DAY_US = 86_400 * 1_000_000
 IN_GUARDRAIL = r"Guardrail (partition_keys_in_select|in_select_cartesian_product) violated"
 
@@ -113,37 +111,16 @@ def test_in_lists_over_100_clustering_keys_are_refused(cql, keyspace):
 
 # --------------------------------------------------------------------------- relay's credentials
 
-def config_file(tmp_path: Path, relay_keyspace: str, scylla_extra: str = "") -> Path:
-    path = tmp_path / "relay.toml"
-    path.write_text(f"""
-[scylla]
-contact_points = ["127.0.0.1"]
-port = {CQL_PORT}
-relay_keyspace = "{relay_keyspace}"
-{scylla_extra}
-
-[[tables]]
-name = "{relay_keyspace}.outbox"
-
-[kafka]
-bootstrap_servers = "{KAFKA_BOOTSTRAP}"
-
-[redis]
-url = "{REDIS_URL}"
-
-[metrics]
-host = "127.0.0.1"
-port = {free_port()}
-""")
-    return path
+def config_file(tmp_path: Path, relay_keyspace: str, scylla: dict | None = None) -> Path:
+    """No login and no relay replication in the file: each test says where they come from."""
+    return write_config(tmp_path / "relay.toml", relay_keyspace, credentials=False,
+                        scylla={"relay_replication": None, "cdc_metadata_keyspace": None,
+                                "tablets_metadata_keyspace": None, **(scylla or {})})
 
 
-def relay(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90):
-    """`python -m relay ARGS --config CONFIG` with no RELAY_SCYLLA__* variables but those in `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_SCYLLA__")}
-    base.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    return subprocess.run([sys.executable, "-m", "relay", *args, "--config", str(config)], cwd=REPO,
-                          env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+def relay(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m relay ARGS --config CONFIG` with no RELAY_* variables but those in `env`."""
+    return run_relay(*args, "--config", str(config), env=env, credentials=False)
 
 
 def scylla_line(res: subprocess.CompletedProcess) -> str:
@@ -162,7 +139,7 @@ def test_credentials_from_the_environment(tmp_path, keyspace):
 
 
 def test_credentials_from_the_config_file(tmp_path, keyspace):
-    config = config_file(tmp_path, keyspace, f'username = "{CQL_USER}"\npassword = "{CQL_PASSWORD}"')
+    config = config_file(tmp_path, keyspace, {"username": CQL_USER, "password": CQL_PASSWORD})
     res = relay(config, "config", "check")
     assert logged_in(res), res.stdout + res.stderr
 

@@ -4,48 +4,14 @@ consuming the topics: 0 lost, nothing from before the start, order kept."""
 from __future__ import annotations
 
 import signal
-import threading
-import time
 import uuid
 
 import pytest
-from harness import OUTBOX_DDL, Outbox, RelayProcess, assert_delivered_in_order, consume_all, write_config
+from harness import Outbox, Writer, assert_delivered_in_order, consume_all, wait_for_cdc_time
 
-from relay.testing import CdcEmulator, now_micros
+from relay.testing import now_micros
 
 S = 1_000_000
-
-
-@pytest.fixture
-def config(tmp_path, keyspace, kafka_bootstrap, redis_url):
-    def make(**kw):
-        from relay import config as cfgmod
-        from relay import connect, schema
-
-        path = write_config(tmp_path / "relay.toml", keyspace, kafka_bootstrap, redis_url, **kw)
-        session = connect.cql_session(cfgmod.load(path))
-        schema.apply(session, cfgmod.load(path))
-        session.cluster.shutdown()
-        return path
-    return make
-
-
-class Writer(threading.Thread):
-    """Writes a few events per tick, like an application, until stopped."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        super().__init__(daemon=True)
-        self.outbox = outbox
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            self.outbox.write(20, aggregates=20)
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join()
 
 
 def write_before_start(outbox: Outbox, age_s: float, tag: str, n: int = 30) -> dict[str, list[str]]:
@@ -61,28 +27,17 @@ def write_before_start(outbox: Outbox, age_s: float, tag: str, n: int = 30) -> d
     return written
 
 
-def wait_for_cdc_time(relay: RelayProcess, kafka: str, topic: str, at_least_us: int, what: str) -> None:
-    from confluent_kafka import KafkaException
-
-    def seen() -> bool:
-        try:
-            return any(int(h["cdc_time"]) >= at_least_us for _, h, _ in consume_all(kafka, [topic], timeout=20).records)
-        except KafkaException:  # the topic is being created
-            return False
-
-    relay.wait_until(seen, 90, what)
-
-
 @pytest.mark.parametrize("start_from", ["earliest", "now", "lookback:30"])
-def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, config, kafka_bootstrap):
+def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, relay_config, relay_process,
+                                                   kafka_bootstrap):
     outbox = Outbox.create(cql, keyspace, start_us=now_micros() - 300 * S)
     topic = f"{keyspace}.order"
     old = write_before_start(outbox, 200, "old")  # before any lookback
     recent = write_before_start(outbox, 10, "recent")  # inside lookback:30
     expected = {"earliest": {**old, **recent}, "now": {}, "lookback:30": recent}[start_from]
 
-    path = config(workers=2, relay={"start_from": start_from})
-    first = RelayProcess(path).start()
+    path = relay_config(workers=2, relay={"start_from": start_from})
+    first = relay_process(path)
     first.wait_until(lambda: first.status().get("ready"), 90, "relay ready")
     writer = Writer(outbox)
     writer.start()
@@ -93,12 +48,12 @@ def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, con
         wait_for_cdc_time(first, kafka_bootstrap, topic, switch, "events of the new generation")
         first.signal(signal.SIGTERM)
         assert first.wait(60) == 0, first.output()[-3000:]
-        time.sleep(1)  # the application keeps writing while relay is down
+        writer.wait_rounds(10)  # the application keeps writing while relay is down
     finally:
         writer.stop()
     # A fresh dedup prefix: a restart that re-decided start_from or began over would show as
     # duplicates (or, for "now", as a gap).
-    second = RelayProcess(path, "--until", "now", env={"RELAY_REDIS__KEY_PREFIX": f"{keyspace}-second:"}).start()
+    second = relay_process(path, "--until", "now", env={"RELAY_REDIS__KEY_PREFIX": f"{keyspace}-second:"})
     assert second.wait(180) == 0, second.output()[-3000:]
 
     outbox.written.update(expected)
@@ -108,15 +63,12 @@ def test_start_from_across_a_switch_and_a_restart(start_from, cql, keyspace, con
     assert sum(int(h["cdc_time"]) < switch for _, h, _ in delivered.records) > 0
 
 
-def test_tablets_split_while_reading_under_now(cql, keyspace, config, kafka_bootstrap):
-    cql.execute(OUTBOX_DDL.format(ks=keyspace))
-    emu = CdcEmulator(cql, metadata_keyspace=keyspace)
-    emu.create_metadata_tables()
-    emu.enable_cdc(f"{keyspace}.outbox", tablets=4, start=now_micros() - 120 * S)
-    outbox = Outbox(emu, f"{keyspace}.outbox")
+def test_tablets_split_while_reading_under_now(cql, keyspace, relay_config, relay_process, kafka_bootstrap):
+    outbox = Outbox.create(cql, keyspace, tablets=4, start_us=now_micros() - 120 * S)
+    emu = outbox.emulator
     write_before_start(outbox, 20, "before")  # not expected: relay starts at "now"
     topic = f"{keyspace}.order"
-    relay = RelayProcess(config(workers=2, relay={"start_from": "now"})).start()
+    relay = relay_process(relay_config(workers=2, relay={"start_from": "now"}))
     relay.wait_until(lambda: relay.status().get("ready"), 90, "relay ready")
     writer = Writer(outbox)
     writer.start()
@@ -128,73 +80,8 @@ def test_tablets_split_while_reading_under_now(cql, keyspace, config, kafka_boot
         writer.stop()
     relay.signal(signal.SIGTERM)
     assert relay.wait(60) == 0, relay.output()[-3000:]
-    second = RelayProcess(relay.config, "--until", "now").start()
+    second = relay_process(relay.config, "--until", "now")
     assert second.wait(120) == 0, second.output()[-3000:]
     delivered = consume_all(kafka_bootstrap, [topic])
     assert_delivered_in_order(outbox, delivered)
     assert any(int(h["cdc_time"]) >= split for _, h, _ in delivered.records)
-
-
-def test_now_with_a_switch_into_a_large_node_generation_and_own_columns(cql, keyspace, config, kafka_bootstrap):
-    """Another writer's table and column names, start_from = now, and a switch into a generation
-    whose vnodes have 120 streams each (over Scylla's 100-key IN limit)."""
-    cql.execute(f"CREATE TABLE {keyspace}.journal (tenant text, seq timeuuid, evt uuid, kind text, category text, "
-                f"body blob, PRIMARY KEY ((tenant), seq))")
-    emu = CdcEmulator(cql, metadata_keyspace=keyspace)
-    emu.create_metadata_tables()
-    emu.open_generation(start=now_micros() - 60 * S, vnodes=4, shards=2, seed=3)
-    emu.enable_cdc(f"{keyspace}.journal")
-    table = f"{keyspace}.journal"
-    written: dict[str, list[str]] = {}
-
-    def write(n: int, tag: str, at_us: int | None = None) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        rows = []
-        for i in range(n):
-            tenant, evt = f"{tag}-{i % 40}", uuid.uuid4()
-            rows.append({"tenant": tenant, "seq": uuid.uuid1(), "evt": evt, "kind": "made", "category": "ledger",
-                         "body": b"x"})
-            out.setdefault(tenant, []).append(str(evt))
-        emu.write_many(table, rows, timestamps=[at_us + i for i in range(n)] if at_us else None)
-        return out
-
-    write(80, "before", now_micros() - 20 * S)  # before relay's first start: not expected under "now"
-    columns = """[tables.columns]
-event_id = "evt"
-aggregate_type = "category"
-aggregate_id = "tenant"
-event_type = "kind"
-payload = "body"
-"""
-    path = config(workers=2, table="journal", columns=columns, relay={"start_from": "now"})
-    topic = f"{keyspace}.ledger"
-    relay = RelayProcess(path).start()
-    relay.wait_until(lambda: relay.status().get("ready"), 90, "relay ready")
-    stop = threading.Event()
-
-    def live() -> None:
-        while not stop.is_set():
-            for tenant, ids in write(40, "live").items():
-                written.setdefault(tenant, []).extend(ids)
-            time.sleep(0.1)
-
-    writer = threading.Thread(target=live, daemon=True)
-    writer.start()
-    try:
-        switch = now_micros() + 3 * S
-        gen = emu.open_generation(start=switch, vnodes=3, shards=120, seed=8)
-        assert min(len(s) for s in gen.streams_by_vnode.values()) > 100
-        wait_for_cdc_time(relay, kafka_bootstrap, topic, switch, "events of the large generation")
-        relay.signal(signal.SIGTERM)
-        assert relay.wait(60) == 0, relay.output()[-3000:]
-    finally:
-        stop.set()
-        writer.join()
-    second = RelayProcess(path, "--until", "now").start()
-    assert second.wait(180) == 0, second.output()[-3000:]
-    from harness import audit
-
-    delivered = consume_all(kafka_bootstrap, [topic])
-    problems = audit(written, delivered).problems()
-    assert not problems, "; ".join(problems)
-    assert any(int(h["cdc_time"]) >= switch for _, h, _ in delivered.records)

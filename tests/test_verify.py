@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import CQL_PORT
+from harness import outbox_ddl, write_config
 
 from relay import config, timeuuid
 from relay.cli import main
@@ -31,7 +31,9 @@ class Row:
 
 
 @dataclass
-class Outbox:
+class VerifyCase:
+    """An outbox table with rows (no CDC: verify reads the table) and its topics, for `relay verify`."""
+
     table: str
     config_path: Path
     topic_prefix: str
@@ -44,25 +46,6 @@ class Outbox:
 
     def of(self, aggregate: str) -> list[Row]:
         return [r for r in self.rows if r.aggregate_id == aggregate]
-
-
-def write_config(tmp_path: Path, keyspace: str, topic_prefix: str, bootstrap: str) -> Path:
-    path = tmp_path / "relay.toml"
-    path.write_text(f"""
-[scylla]
-contact_points = ["127.0.0.1"]
-port = {CQL_PORT}
-relay_keyspace = "{keyspace}"
-cdc_metadata_keyspace = "{keyspace}"
-
-[[tables]]
-name = "{keyspace}.outbox"
-topic = "{topic_prefix}.{{aggregate_type}}"
-
-[kafka]
-bootstrap_servers = "{bootstrap}"
-""")
-    return path
 
 
 def insert_rows(cql, keyspace: str, start_us: int) -> list[Row]:
@@ -82,23 +65,21 @@ def insert_rows(cql, keyspace: str, start_us: int) -> list[Row]:
 
 
 @pytest.fixture
-def outbox(cql, keyspace, topic, kafka_bootstrap, tmp_path) -> Outbox:
+def outbox(cql, keyspace, topic, kafka_bootstrap, tmp_path) -> VerifyCase:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    cql.execute(f"""CREATE TABLE {keyspace}.outbox (aggregate_id text, id timeuuid, aggregate_type text,
-                    event_type text, payload blob, created_at timestamp, headers map<text, text>,
-                    PRIMARY KEY ((aggregate_id), id))""")
+    cql.execute(outbox_ddl(keyspace))
     rows = insert_rows(cql, keyspace, time.time_ns() // 1000)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     futures = admin.create_topics([NewTopic(f"{topic}.{kind}", num_partitions=3, replication_factor=1)
                                    for kind in set(AGGREGATES.values())])
     for f in futures.values():
         f.result(30)
-    return Outbox(f"{keyspace}.outbox", write_config(tmp_path, keyspace, topic, kafka_bootstrap), topic,
-                  kafka_bootstrap, rows)
+    path = write_config(tmp_path / "relay.toml", keyspace, topic=f"{topic}.{{aggregate_type}}")
+    return VerifyCase(f"{keyspace}.outbox", path, topic, kafka_bootstrap, rows)
 
 
-def record(box: Outbox, row: Row, source: str | None = None, event_id: str | None = None) -> OutboxEvent:
+def record(box: VerifyCase, row: Row, source: str | None = None, event_id: str | None = None) -> OutboxEvent:
     """The record relay publishes for `row` (DESIGN §6), built with relay's own model."""
     return OutboxEvent(
         source=source or box.table, stream_id=bytes(16), cdc_time=row.id, cdc_time_us=row.created_us,
@@ -107,7 +88,7 @@ def record(box: Outbox, row: Row, source: str | None = None, event_id: str | Non
         key=row.aggregate_id.encode(), payload=row.payload)
 
 
-def publish(box: Outbox, events: list[OutboxEvent]) -> None:
+def publish(box: VerifyCase, events: list[OutboxEvent]) -> None:
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": box.bootstrap, "enable.idempotence": True, "acks": "all",
@@ -120,7 +101,7 @@ def publish(box: Outbox, events: list[OutboxEvent]) -> None:
     assert not errors
 
 
-def run_verify(box: Outbox, **kwargs) -> verify_cmd.VerifyReport:
+def run_verify(box: VerifyCase, **kwargs) -> verify_cmd.VerifyReport:
     return verify_cmd.verify(box.cfg, box.table, timeout=30, **kwargs)
 
 

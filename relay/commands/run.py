@@ -69,8 +69,9 @@ def _supervise(args) -> int:
     except OSError as exc:
         raise UserError(f"{cfg.source}: metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: "
                         f"{exc.strerror}") from None
+    # The bound port, not the configured one: with metrics.port = 0 this line is where it is found.
     logging.getLogger("relay").info("relay %s: %d worker(s), %d table(s); /metrics on %s:%d", cfg.replica_id,
-                                    workers, len(cfg.tables), cfg.metrics.host, cfg.metrics.port)
+                                    workers, len(cfg.tables), cfg.metrics.host, server.server_address[1])
     try:
         return sup.run()
     finally:
