@@ -504,8 +504,15 @@ def consume_all(bootstrap: str, topics: list[str], timeout: float = 60.0) -> Del
 def wait_for_cdc_time(relay: RelayProcess, bootstrap: str, topic: str, at_least_us: int, what: str,
                       timeout: float = 120) -> None:
     """Until Kafka holds a record of `topic` written at or after `at_least_us`, published by `relay`."""
-    relay.wait_until(lambda: any(t >= at_least_us for t in consume_all(bootstrap, [topic]).cdc_times().values()),
-                     timeout, what)
+    from confluent_kafka import KafkaException
+
+    def seen() -> bool:
+        try:
+            return any(t >= at_least_us for t in consume_all(bootstrap, [topic]).cdc_times().values())
+        except KafkaException:  # the topic is being created: its partitions have no leader yet
+            return False
+
+    relay.wait_until(seen, timeout, what)
 
 
 # --------------------------------------------------------------------------- the audit

@@ -85,3 +85,69 @@ def test_tablets_split_while_reading_under_now(cql, keyspace, relay_config, rela
     delivered = consume_all(kafka_bootstrap, [topic])
     assert_delivered_in_order(outbox, delivered)
     assert any(int(h["cdc_time"]) >= split for _, h, _ in delivered.records)
+
+
+def test_now_with_a_switch_into_a_large_node_generation_and_own_columns(cql, keyspace, relay_config, relay_process,
+                                                                        kafka_bootstrap):
+    """Another writer's table and column names, start_from = now, and a switch into a generation
+    whose vnodes have 120 streams each (over Scylla's 100-key IN limit)."""
+    import threading
+    import time
+
+    from harness import audit
+
+    from relay.testing import CdcEmulator
+
+    cql.execute(f"CREATE TABLE {keyspace}.journal (tenant text, seq timeuuid, evt uuid, kind text, category text, "
+                f"body blob, PRIMARY KEY ((tenant), seq))")
+    emu = CdcEmulator(cql, metadata_keyspace=keyspace)
+    emu.create_metadata_tables()
+    emu.open_generation(start=now_micros() - 60 * S, vnodes=4, shards=2, seed=3)
+    emu.enable_cdc(f"{keyspace}.journal")
+    table = f"{keyspace}.journal"
+    written: dict[str, list[str]] = {}
+
+    def write(n: int, tag: str, at_us: int | None = None) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        rows = []
+        for i in range(n):
+            tenant, evt = f"{tag}-{i % 40}", uuid.uuid4()
+            rows.append({"tenant": tenant, "seq": uuid.uuid1(), "evt": evt, "kind": "made", "category": "ledger",
+                         "body": b"x"})
+            out.setdefault(tenant, []).append(str(evt))
+        emu.write_many(table, rows, timestamps=[at_us + i for i in range(n)] if at_us else None)
+        return out
+
+    write(80, "before", now_micros() - 20 * S)  # before relay's first start: not expected under "now"
+    columns = {"event_id": "evt", "aggregate_type": "category", "aggregate_id": "tenant", "event_type": "kind",
+               "payload": "body"}
+    path = relay_config(workers=2, tables=("journal",), columns=columns, relay={"start_from": "now"})
+    topic = f"{keyspace}.ledger"
+    relay = relay_process(path)
+    relay.wait_until(lambda: relay.status().get("ready"), 90, "relay ready")
+    stop = threading.Event()
+
+    def live() -> None:
+        while not stop.is_set():
+            for tenant, ids in write(40, "live").items():
+                written.setdefault(tenant, []).extend(ids)
+            time.sleep(0.1)  # pacing the writer, not synchronisation
+
+    writer = threading.Thread(target=live, daemon=True)
+    writer.start()
+    try:
+        switch = now_micros() + 3 * S
+        gen = emu.open_generation(start=switch, vnodes=3, shards=120, seed=8)
+        assert min(len(s) for s in gen.streams_by_vnode.values()) > 100
+        wait_for_cdc_time(relay, kafka_bootstrap, topic, switch, "events of the large generation")
+        relay.signal(signal.SIGTERM)
+        assert relay.wait(60) == 0, relay.output()[-3000:]
+    finally:
+        stop.set()
+        writer.join()
+    second = relay_process(path, "--until", "now")
+    assert second.wait(180) == 0, second.output()[-3000:]
+    delivered = consume_all(kafka_bootstrap, [topic])
+    problems = audit(written, delivered).problems()
+    assert not problems, "; ".join(problems)
+    assert any(int(h["cdc_time"]) >= switch for _, h, _ in delivered.records)
