@@ -63,6 +63,7 @@ BREAKER_STATES = {"closed": 0, "open": 1, "half-open": 2}
 BATCH_MARGIN = 64  # bytes kept below a topic's max.message.bytes (librdkafka counts framing in batch.size)
 RECORD_OVERHEAD = 32  # a lower bound of a record's framing in a batch (varints, attributes, deltas)
 POLL_S = 0.1
+ACK_POLL_S = 0.02
 DOWN_GRACE_S = 3.0
 FATAL_DRAIN_S = 30.0  # how long a fatal error waits for the reports of in-flight requests
 
@@ -271,8 +272,10 @@ class Publisher:
     def _await(self, w: _Window, should_abort: Callable[[], bool]) -> None:
         while w.pending:
             # flush(), unlike poll(), sends the queued tail at once instead of after linger.ms:
-            # the window is complete, nothing more is coming to batch with it.
-            self._step(w, POLL_S, should_abort, flush=True)
+            # the window is complete, nothing more is coming to batch with it. Short calls, so
+            # acks are marked in Redis as they arrive: a crash re-publishes only the last few ms
+            # of acks, not the whole window (DESIGN §4).
+            self._step(w, ACK_POLL_S, should_abort, flush=True)
 
     def _step(self, w: _Window, timeout: float, should_abort: Callable[[], bool], flush: bool = False) -> None:
         """One poll: serve reports, notice a failing Kafka, honour should_abort."""
