@@ -25,15 +25,15 @@ from relay.worker import CDC_TTL_DEFAULT_S, EXIT_BOOT_ERROR, worker_main
 
 log = logging.getLogger("relay.supervisor")
 
+LOOP_INTERVAL_S = 0.1
+CHECKPOINT_REFRESH_S = 2.0
+HEALTHY_AFTER_S = 60.0  # a worker alive this long has its restart backoff reset
+
 
 def _iso(us: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat(timespec="milliseconds")
-
-LOOP_INTERVAL_S = 0.1
-CHECKPOINT_REFRESH_S = 2.0
-HEALTHY_AFTER_S = 60.0  # a worker alive this long has its restart backoff reset
 
 
 @dataclass
