@@ -275,8 +275,10 @@ class Discovery:
         return out
 
     def _expired(self, table: TableConfig, end_us: int, now_us: int) -> bool:
-        ttl = self.cdc_ttl_seconds(table)
-        return ttl > 0 and end_us < now_us - ttl * 1_000_000
+        from relay.positions import oldest_live_us
+
+        oldest = oldest_live_us(now_us, self.cdc_ttl_seconds(table))
+        return oldest is not None and end_us < oldest
 
     def _report(self, table: str, t: int, problem: str, level: int, msg: str, *args) -> None:
         if self._reported.get((table, t)) != problem:  # once per distinct problem, not every poll

@@ -419,11 +419,7 @@ class Worker:
     def _window(self, st: TaskState, end: int, future=None) -> None:
         task = st.task
         started = time.monotonic()
-        try:
-            result = self._relay_window(st, end, future)
-        except _ReadTimedOut as exc:
-            st.window_s = windows.next_window_size(st.window_s, self.cfg.relay.window_seconds, 0, timed_out=True)
-            raise exc.__cause__ from None  # type: ignore[misc]
+        result = self._relay_window(st, end, future)
         st.position_us = end
         goal = self._goal(task)
         if windows.checkpoint_due(result.events, time.monotonic(), st.saved_at, goal is not None and end >= goal):
@@ -447,8 +443,10 @@ class Worker:
 
         try:
             return self.retrier.call("cql_read", cql_errors(), read)
-        except (ReadTimeout, OperationTimedOut) as exc:
-            raise _ReadTimedOut() from exc
+        except (ReadTimeout, OperationTimedOut):
+            # A read that keeps timing out gets a smaller window, not the same one again forever.
+            st.window_s = windows.next_window_size(st.window_s, self.cfg.relay.window_seconds, 0, timed_out=True)
+            raise
 
     def _relay_window(self, st: TaskState, end: int, future=None) -> WindowResult:
         from relay.mapping import Poison
@@ -524,10 +522,6 @@ class Worker:
             log.info("dead-letter writes succeed again")
             self.dlq_failing = ""
         self._mark_acked([e for e, _, _ in failed])
-
-
-class _ReadTimedOut(Exception):
-    """A window's read kept timing out: the window shrinks before it is tried again."""
 
 
 class DeadLetterWriteFailed(Exception):
