@@ -150,8 +150,9 @@ def test_late_write_inside_confidence_window_is_delivered(outbox, relay_config, 
                                                           kafka_bootstrap):
     """Once relay reads live (every task's position past the instant it became ready, so at most
     confidence_seconds behind now), an event stamped 2 s in the past arrives: behind now, ahead of
-    relay's position (now - 3 s). It must be published."""
-    relay = relay_process(relay_config(workers=1, relay={"confidence_seconds": 3}))
+    relay's position (now - 10 s, the default confidence window, so that a slow insert on a busy
+    machine still lands ahead of it). It must be published."""
+    relay = relay_process(relay_config(workers=1, relay={"confidence_seconds": 10}))
     relay.wait_until(lambda: relay.status().get("ready"), 60, "relay ready")
     ready_at = now_micros()
     relay.wait_until(lambda: min((t["position_us"] or 0) for t in relay.status()["tasks"]) > ready_at, 60,
