@@ -82,17 +82,36 @@ def in_thread(fn, *args, **kw) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothing(up, topic):
+@dataclass
+class Outage:
+    rec: Recorder
+    pub: Publisher
+    first: list  # delivered before Kafka stopped
+    window: list  # being published while it is down
+    thread: threading.Thread
+    result: dict
+    down_at: float  # monotonic
+
+
+def publish_into_an_outage(up, topic: str, before: int, during: int, aggregates: int, **kw) -> Outage:
+    """A publisher that delivered `before` events, then Kafka stops while a window of `during`
+    events is being published (in a thread); returns once the breaker has opened."""
     rec = Recorder()
     pub = Publisher(config(up.bootstrap), on_acked=rec.on_acked, on_breaker_state=rec.states.append)
-    before = events(topic, 300, aggregates=30)
-    pub.publish(before)
+    first = events(topic, before, aggregates=aggregates)
+    pub.publish(first)
     up.stack("down")
     down_at = time.monotonic()
-    during = events(topic, 3_000, aggregates=30)
-    thread, result = in_thread(pub.publish, during)
+    window = events(topic, during, aggregates=aggregates)
+    thread, result = in_thread(pub.publish, window, **kw)
     wait_for(lambda: "open" in rec.states, 60, "the breaker to open")
-    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the outage itself (the scenario's length)
+    return Outage(rec, pub, first, window, thread, result, down_at)
+
+
+def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothing(up, topic):
+    o = publish_into_an_outage(up, topic, 300, 3_000, 30)
+    rec, pub, before, during, thread, result = o.rec, o.pub, o.first, o.window, o.thread, o.result
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - o.down_at)))  # the outage itself (the scenario's length)
     assert thread.is_alive() and not result, f"the window must wait for Kafka, not fail: {result}"
     up.stack("up")
     thread.join(300)
@@ -118,15 +137,9 @@ def test_kafka_down_90s_with_default_settings_opens_the_breaker_and_loses_nothin
 
 
 def test_should_abort_ends_the_wait_and_close_still_marks_late_acks(up, topic):
-    rec = Recorder()
-    pub = Publisher(config(up.bootstrap), on_acked=rec.on_acked, on_breaker_state=rec.states.append)
-    first = events(topic, 10, aggregates=10)
-    pub.publish(first)
-    up.stack("down")
     stop = threading.Event()
-    window = events(topic, 500, aggregates=10)
-    thread, result = in_thread(pub.publish, window, should_abort=stop.is_set)
-    wait_for(lambda: "open" in rec.states, 60, "the breaker to open")
+    o = publish_into_an_outage(up, topic, 10, 500, 10, should_abort=stop.is_set)
+    rec, pub, first, window, thread, result = o.rec, o.pub, o.first, o.window, o.thread, o.result
     stop.set()
     thread.join(30)
     assert isinstance(result.get("error"), PublishAborted), result
