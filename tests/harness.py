@@ -463,6 +463,22 @@ class Delivered:
         return {h["id"]: int(h["cdc_time"]) for _, h, _ in self.records}
 
 
+def _high_watermark(consumer, part, timeout: float = 30.0) -> int:
+    """The partition's end offset; a topic relay has just created may not have its leader yet."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(part, timeout=10)[1]
+        except KafkaException as exc:
+            if exc.args[0].code() not in settling or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def consume_all(bootstrap: str, topics: list[str], timeout: float = 60.0) -> Delivered:
     """Every record currently in `topics` (up to the high watermarks seen at the start)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -476,7 +492,7 @@ def consume_all(bootstrap: str, topics: list[str], timeout: float = 60.0) -> Del
             if md.topics[topic].error is not None:
                 continue
             parts += [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
-        ends = {(p.topic, p.partition): consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        ends = {(p.topic, p.partition): _high_watermark(consumer, p) for p in parts}
         consumer.assign(parts)
         remaining = {k for k, end in ends.items() if end > 0}
         by_partition: dict[tuple, list] = collections.defaultdict(list)
@@ -504,15 +520,8 @@ def consume_all(bootstrap: str, topics: list[str], timeout: float = 60.0) -> Del
 def wait_for_cdc_time(relay: RelayProcess, bootstrap: str, topic: str, at_least_us: int, what: str,
                       timeout: float = 120) -> None:
     """Until Kafka holds a record of `topic` written at or after `at_least_us`, published by `relay`."""
-    from confluent_kafka import KafkaException
-
-    def seen() -> bool:
-        try:
-            return any(t >= at_least_us for t in consume_all(bootstrap, [topic]).cdc_times().values())
-        except KafkaException:  # the topic is being created: its partitions have no leader yet
-            return False
-
-    relay.wait_until(seen, timeout, what)
+    relay.wait_until(lambda: any(t >= at_least_us for t in consume_all(bootstrap, [topic]).cdc_times().values()),
+                     timeout, what)
 
 
 # --------------------------------------------------------------------------- the audit
