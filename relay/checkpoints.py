@@ -13,6 +13,9 @@ def position_uuid(us: int):
     return timeuuid.from_micros(us, clock_seq=0, node=0)
 
 
+BATCH_ROWS = 100  # rows per unlogged batch: well under Scylla's batch_size_warn_threshold (128 KiB)
+
+
 class CheckpointStore:
     def __init__(self, session, keyspace: str, owner: str) -> None:
         self.session = session
@@ -27,6 +30,23 @@ class CheckpointStore:
     def save(self, task: Task, position_us: int) -> None:
         self.session.execute(self._save, (position_uuid(position_us), self.owner, datetime.now(UTC), task.table,
                                           as_datetime(task.generation_us), task.task_id))
+
+    def save_many(self, rows: list[tuple[Task, int]]) -> None:
+        """Positions of many tasks: one unlogged batch per (table, generation) partition (all rows of a
+        batch share it, so Scylla applies it on one replica set without a batch log)."""
+        from cassandra.query import BatchStatement, BatchType
+
+        by_part: dict[tuple[str, int], list[tuple[Task, int]]] = {}
+        for task, position in rows:
+            by_part.setdefault((task.table, task.generation_us), []).append((task, position))
+        now = datetime.now(UTC)
+        for (table, gen), part in by_part.items():
+            when = as_datetime(gen)
+            for i in range(0, len(part), BATCH_ROWS):
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for task, position in part[i:i + BATCH_ROWS]:
+                    batch.add(self._save, (position_uuid(position), self.owner, now, table, when, task.task_id))
+                self.session.execute(batch)
 
     def load_full(self, table: str, generation_us: int) -> list[tuple[int, int, str, datetime]]:
         """(task id, position µs, owner, updated_at) for one generation of one table."""

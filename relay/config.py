@@ -116,7 +116,8 @@ class RelaySection:
     replica_id: str = ""
     window_seconds: float = 10.0
     confidence_seconds: float = 10.0
-    poll_interval_seconds: float = 0.5
+    poll_interval_seconds: float = 0.25  # live windows end on this grid: the latency it adds is at most this
+    checkpoint_interval_seconds: float = 5.0  # how stale a saved position may be (a crash re-reads at most this)
     start_from: str = "earliest"  # earliest | now | lookback:<seconds>
     shutdown_timeout_seconds: float = 30.0
     generation_poll_seconds: float = 10.0
@@ -216,8 +217,8 @@ class Config:
         r = self.relay
         if r.workers < 0:
             raise bad("relay.workers", "must be >= 0 (0 = CPU count)")
-        for key in ("window_seconds", "poll_interval_seconds", "shutdown_timeout_seconds",
-                    "generation_poll_seconds", "heartbeat_timeout_seconds"):
+        for key in ("window_seconds", "poll_interval_seconds", "checkpoint_interval_seconds",
+                    "shutdown_timeout_seconds", "generation_poll_seconds", "heartbeat_timeout_seconds"):
             if getattr(r, key) <= 0:
                 raise bad(f"relay.{key}", "must be > 0")
         if r.confidence_seconds < MIN_CONFIDENCE_S:

@@ -20,14 +20,15 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
         DCAwareRoundRobinPolicy,
         ExponentialReconnectionPolicy,
         RoundRobinPolicy,
-        TokenAwarePolicy,
     )
     from cassandra.query import tuple_factory
+
+    from relay.routing import CdcTokenAwarePolicy
 
     s = cfg.scylla
     base = DCAwareRoundRobinPolicy(local_dc=s.local_dc) if s.local_dc else RoundRobinPolicy()
     profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(base),
+        load_balancing_policy=CdcTokenAwarePolicy(base),
         consistency_level=ConsistencyLevel.name_to_value[s.consistency.upper()],
         request_timeout=s.request_timeout_seconds,
         row_factory=tuple_factory,

@@ -18,6 +18,7 @@ from relay.model import Change
 log = logging.getLogger(__name__)
 
 STREAM, TIME, SEQ, END = "cdc$stream_id", "cdc$time", "cdc$batch_seq_no", "cdc$end_of_batch"
+METADATA = (STREAM, TIME, SEQ, END, "cdc$operation")
 SCYLLA_MAX_IN_KEYS = 100  # Scylla's default max_partition_key_restrictions_per_query
 
 
@@ -54,7 +55,8 @@ class PendingRead:
 
 class LogReader:
     def __init__(self, session, table: str, bypass_cache: str = "auto", fetch_size: int = 5000,
-                 max_in_keys: int = SCYLLA_MAX_IN_KEYS) -> None:
+                 max_in_keys: int = SCYLLA_MAX_IN_KEYS, columns: Sequence[str] | None = None,
+                 router=None) -> None:
         from cassandra import InvalidRequest
         from cassandra.protocol import SyntaxException
 
@@ -64,7 +66,8 @@ class LogReader:
         self.table = table
         self.fetch_size = fetch_size
         self.max_in_keys = max_in_keys
-        base = (f'SELECT * FROM {log_table(table)} WHERE "cdc$stream_id" IN ? '
+        self.router = router
+        base = (f'SELECT {self._select_list(columns)} FROM {log_table(table)} WHERE "cdc$stream_id" IN ? '
                 f'AND "cdc$time" >= minTimeuuid(?) AND "cdc$time" < minTimeuuid(?)')
         self.stmt = None
         if bypass_cache in ("auto", "true"):
@@ -84,14 +87,37 @@ class LogReader:
             self.stmt = session.prepare(base)
         self.stmt.fetch_size = fetch_size
 
+    def _select_list(self, columns: Sequence[str] | None) -> str:
+        """The CDC metadata plus the columns the mapping reads, not `*`: a wide outbox row's other
+        columns cost network and decoding for nothing. A mapped column the log does not have is left
+        out (the mapping sees null, as with `*`)."""
+        if columns is None:
+            return "*"
+        ks, name = self.table.split(".", 1)
+        try:
+            known = self.session.cluster.metadata.keyspaces[ks].tables[f"{name}_scylla_cdc_log"].columns
+        except (KeyError, AttributeError):
+            return "*"  # metadata not known here: the server checks the names anyway
+        wanted = list(METADATA) + [c for c in columns if c not in METADATA]
+        missing = [c for c in wanted if c not in known]
+        if missing:
+            log.warning("%s: the CDC log has no column(s) %s; they read as null", self.table, ", ".join(missing))
+        return ", ".join('"' + c.replace('"', '""') + '"' for c in wanted if c in known)
+
     def _params(self, part: tuple[bytes, ...], start_us: int, end_us: int) -> tuple:
         return list(part), as_datetime(start_us), as_datetime(end_us)
 
     def start(self, streams: tuple[bytes, ...], start_us: int, end_us: int) -> PendingRead:
         """Send the first page request of every sub-query now; `read(..., future=)` collects them later."""
         parts = split_streams(streams, self.max_in_keys)
-        return PendingRead(tuple(streams), [self.session.execute_async(self.stmt, self._params(p, start_us, end_us))
+        return PendingRead(tuple(streams), [self.session.execute_async(self._bind(p, start_us, end_us))
                                             for p in parts])
+
+    def _bind(self, part: tuple[bytes, ...], start_us: int, end_us: int):
+        bound = self.stmt.bind(self._params(part, start_us, end_us))
+        if self.router is not None:
+            self.router.route(bound, part[0])  # an IN has no routing key of its own; its streams share replicas
+        return bound
 
     def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int,
              future: PendingRead | None = None) -> Iterator[Change]:
@@ -100,7 +126,7 @@ class LogReader:
         if future is not None and future.streams == tuple(streams):
             results = (f.result() for f in future.futures)
         else:
-            results = (self.session.execute(self.stmt, self._params(p, start_us, end_us))
+            results = (self.session.execute(self._bind(p, start_us, end_us))
                        for p in split_streams(streams, self.max_in_keys))
         for rs in results:
             yield from self._changes(rs)

@@ -6,16 +6,23 @@ from __future__ import annotations
 MAX_EVENTS_PER_WINDOW = 20_000  # above this a window shrinks, bounding a worker's memory while catching up
 MIN_WINDOW_S = 0.05
 CATCH_UP_GROWTH = 8  # a light window may grow to this many times [relay] window_seconds
-EMPTY_CHECKPOINT_INTERVAL_S = 5.0
+
+
+def readable_limit(now_us: int, confidence_s: float, clock_ahead_s: float, grid_us: int = 0) -> int:
+    """The newest instant that may be read: rows younger than the confidence window may still arrive
+    with older timestamps, so reading stops `confidence_s` before now - and before the *cluster's* now
+    when relay's clock runs ahead of it. With a grid, the limit snaps down to it: live tasks then all
+    end their windows on the same instants, so one query can serve many of them (DESIGN §3b)."""
+    limit = now_us - int((confidence_s + max(0.0, clock_ahead_s)) * 1_000_000)
+    if grid_us > 0:
+        limit -= limit % grid_us
+    return limit
 
 
 def window_end(position_us: int, window_s: float, now_us: int, confidence_s: float, clock_ahead_s: float,
-               goal_us: int | None) -> int | None:
-    """The end of the next window, or None when nothing may be read yet.
-
-    Rows younger than the confidence window may still arrive with older timestamps, so reading stops
-    `confidence_s` before now - and before the *cluster's* now when relay's clock runs ahead of it."""
-    limit = now_us - int((confidence_s + max(0.0, clock_ahead_s)) * 1_000_000)
+               goal_us: int | None, grid_us: int = 0) -> int | None:
+    """The end of the next window, or None when nothing may be read yet."""
+    limit = readable_limit(now_us, confidence_s, clock_ahead_s, grid_us)
     end = min(position_us + int(window_s * 1_000_000), limit)
     if goal_us is not None:
         end = min(end, goal_us)
@@ -36,12 +43,9 @@ def next_window_size(current_s: float, base_s: float, events: int, timed_out: bo
     return current_s
 
 
-def checkpoint_due(events: int, now: float, saved_at: float, at_goal: bool) -> bool:
-    """A window that carried events is saved at once; empty ones only every few seconds (re-reading a
-    few empty seconds after a crash costs nothing, a write per empty window costs a lot)."""
-    return events > 0 or at_goal or now - saved_at >= EMPTY_CHECKPOINT_INTERVAL_S
-
-
-def caught_up(end_us: int, now_us: int, confidence_s: float, poll_interval_s: float, clock_ahead_s: float) -> bool:
-    """True when the window reached (almost) the newest readable instant: wait a poll interval."""
-    return end_us >= now_us - int((confidence_s + poll_interval_s + max(0.0, clock_ahead_s)) * 1_000_000)
+def next_readable_at(position_us: int, confidence_s: float, clock_ahead_s: float, grid_us: int) -> int:
+    """The wall-clock instant (µs) at which a window starting at `position_us` first has a non-empty
+    end: the next grid point after the position, plus the confidence window."""
+    step = grid_us or 1000
+    nxt = position_us - position_us % step + step
+    return nxt + int((confidence_s + max(0.0, clock_ahead_s)) * 1_000_000)

@@ -1,13 +1,14 @@
-"""A worker process: for each assigned task, read window → map → dedup → produce → acks →
-mark dedup keys → dead letters → checkpoint → next window (DESIGN §2–§4).
+"""A worker process: read → map → dedup → produce → acks → mark dedup keys → dead letters →
+checkpoint, for every assigned task (DESIGN §2–§4, §3b).
 
-Windows are processed one at a time on one thread, so a control message (new assignment,
-stop) is handled between windows and a graceful stop always ends on a checkpoint. Liveness is
-beaten by a thread of its own: a window that waits out a Kafka outage or retries CQL must not look
-like a hung worker (an outage ends in "breaker open, reading paused, worker alive", never in a
-kill loop). Where a task starts, how wide its windows are and when they are saved are decided by
-pure functions (relay.positions, relay.windows); this loop carries facts in and decisions out.
-The worker builds all its clients after it starts; it exits when the supervisor dies.
+What to read next, how wide, which tasks share a query and when positions are saved is decided by
+a pure `relay.schedule.Schedule`; this loop carries facts in (assignments, start positions, read
+outcomes, the clock skew, an open breaker) and its decisions out. Reads are pipelined: up to
+`MAX_INFLIGHT` are on the wire while the loop publishes the oldest, one at a time, so a control
+message (new assignment, stop) is handled between windows and a stop ends on saved checkpoints.
+Liveness is beaten by a thread of its own: a window that waits out a Kafka outage or retries CQL
+must not look like a hung worker. The worker builds all its clients after it starts; it exits when
+the supervisor dies.
 """
 from __future__ import annotations
 
@@ -16,40 +17,29 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from relay import windows
 from relay.clock import SAMPLE_INTERVAL_S, ClockSkew
 from relay.config import Config
 from relay.messages import Assign, Beat, BootError, Progress, Stop
 from relay.model import OutboxEvent, Task
+from relay.schedule import Read, Schedule
 
 log = logging.getLogger("relay.worker")
 
 EXIT_BOOT_ERROR = 3
 CDC_TTL_DEFAULT_S = 86400  # Scylla's default, until the supervisor tells the table's own
-PREFETCH_WINDOWS = 8  # window reads in flight per worker
+MAX_INFLIGHT = 8  # window reads on the wire per worker (each up to ten IN queries)
 BEAT_INTERVAL_S = 1.0
 TTL_WARN_EVERY_S = 300.0
-
-
-@dataclass
-class TaskState:
-    task: Task
-    window_s: float
-    position_us: int | None = None
-    next_at: float = 0.0
-    failures: int = 0
-    finished: bool = False  # reached the generation end (or --until)
-    last_error: str = ""
-    saved_us: int | None = None  # position last written to the checkpoint table
-    saved_at: float = 0.0
+START_RETRY_S = 2.0
 
 
 @dataclass
 class WindowResult:
-    events: int = 0
+    events: dict[tuple, int] = field(default_factory=dict)  # task key → events (and poisons) read
     published: int = 0
     deduplicated: int = 0
     dead_lettered: int = 0
@@ -66,20 +56,25 @@ class Worker:
         self.cfg = cfg
         self.conn = conn
         self.until_us = until_us
-        self.tasks: dict[tuple, TaskState] = {}
+        r = cfg.relay
+        self.schedule = Schedule(r.window_seconds, r.confidence_seconds, r.poll_interval_seconds,
+                                 r.checkpoint_interval_seconds, group_of=self._group_of, until_us=until_us)
+        self.inflight: deque[tuple[Read, object]] = deque()
         self.ttl_by_table: dict[str, int] = {}
         self.stopping = False
         self.parent = os.getppid()
         self.paused_until = 0.0
         self.assign_seq = 0
-        self._rr = 0
         self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
+        self._start_retry_at = 0.0
+        self._groups: dict[tuple, object] = {}
         self._send_lock = threading.Lock()
         self._progress_at = time.monotonic()
         self._ttl_warned: dict[str, float] = {}
         self.skew = ClockSkew()
         self._next_skew = 0.0
         self.dlq_failing = ""
+        self.routers: dict[str, object] = {}
 
     # ---------------------------------------------------------------- boot
     def boot(self) -> None:
@@ -94,6 +89,7 @@ class Worker:
         from relay.publisher import BREAKER_STATES, Publisher
         from relay.reader import LogReader
         from relay.retry import Retrier
+        from relay.routing import Router
 
         stamina.instrumentation.set_on_retry_hooks([])  # relay counts retries itself, without logging args
         if os.environ.get("RELAY_TESTING_NO_RETRY_WAIT"):
@@ -110,10 +106,13 @@ class Worker:
         ks = cfg.scylla.relay_keyspace
         self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
         self.dead_letters = DeadLetterWriter(self.session, ks)
-        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size,
-                                             cfg.scylla.max_in_keys)
-                        for t in cfg.tables}
         self.mappers = {t.name: Mapper(t) for t in cfg.tables}
+        self.routers = {t.name: Router(self.session, t.name.split(".", 1)[0],
+                                       t.name.split(".", 1)[1] + "_scylla_cdc_log") for t in cfg.tables}
+        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size,
+                                          cfg.scylla.max_in_keys, router=self.routers[t.name],
+                                          columns=getattr(self.mappers[t.name], "columns", None))
+                        for t in cfg.tables}
         self.dedup = Dedup(connect.redis_client(cfg), cfg.redis.key_prefix, cfg.redis.dedup_ttl_seconds,
                            cfg.redis.on_outage)
         self._unmarked: list[OutboxEvent] = []
@@ -173,6 +172,7 @@ class Worker:
             if not self._handle_messages(0):
                 return 1
             if self.stopping:
+                self._drop_inflight("stopping")
                 self.publisher.close(self.cfg.relay.shutdown_timeout_seconds)
                 self.save_all()
                 self._report()
@@ -183,22 +183,46 @@ class Worker:
                 last_progress = now
             if now >= self._next_skew:
                 self._sample_clock(now)
-            due = self._due(now, PREFETCH_WINDOWS)
-            if not due:
-                wait = min([s.next_at for s in self.tasks.values() if not s.finished] + [now + 0.5]) - now
+            self.schedule.clock_ahead_s = self.skew.ahead_s
+            self._start_tasks(now)
+            self._send_reads()
+            if self.inflight:
+                read, pending = self.inflight.popleft()
+                self._process(read, pending)
+            else:
+                due = self.schedule.next_due_us()
+                wait = 0.5 if due is None else (due - now_us()) / 1e6
                 self._handle_messages(max(0.0, min(wait, 0.5)))
+            self._save_due()
+
+    def _send_reads(self) -> None:
+        """Keep up to MAX_INFLIGHT reads on the wire: later reads travel while earlier ones publish."""
+        if time.monotonic() < self.paused_until:
+            return
+        room = MAX_INFLIGHT - len(self.inflight)
+        if room <= 0:
+            return
+        for read in self.schedule.plan(now_us(), room):
+            try:
+                pending = self.readers[read.table].start(read.streams, read.start_us, read.end_us)
+            except Exception as exc:  # noqa: BLE001 - e.g. no host available: back off, never crash
+                self.schedule.failed(read, f"{exc.__class__.__name__}: {exc}", now_us())
                 continue
-            # Send the reads of several due windows at once, then relay them one by one: later
-            # reads travel while earlier windows are published.
-            ready = []
-            for st in due:
-                end = self._guard(st, self._plan, st)
-                if end is not None:
-                    ready.append((st, end, self.readers[st.task.table].start(st.task.streams, st.position_us, end)))
-            for st, end, future in ready:
-                if self.stopping or time.monotonic() < self.paused_until:
-                    break  # the rest are re-read later from their unchanged positions
-                self._guard(st, self._window, st, end, future)
+            self.inflight.append((read, pending))
+
+    def _drop_inflight(self, why: str) -> None:
+        while self.inflight:
+            read, _ = self.inflight.popleft()
+            self.schedule.released(read, now_us(), why)
+
+    def _group_of(self, task: Task):
+        """The replica set of a task's streams (a vnode's streams share one): the schedule merges only
+        tasks of one replica set into a query, so it can go to a replica of them all."""
+        group = self._groups.get(task.key)
+        if group is None:
+            router = self.routers.get(task.table)
+            group = self._groups[task.key] = router.replica_set(task.streams[0]) if router and task.streams else None
+        return group
 
     def _beat_forever(self) -> None:
         while True:
@@ -230,50 +254,41 @@ class Worker:
         return True
 
     def _assign(self, tasks) -> None:
-        keep = {t.key: t for t in tasks}
-        for key in list(self.tasks):
-            if key not in keep:
-                try:
-                    self._save(self.tasks[key])  # the next owner starts where this one stopped
-                except Exception:  # noqa: BLE001 - it then re-reads a few empty seconds
-                    log.warning("checkpoint of revoked task %s failed", key)
-                del self.tasks[key]
-        for key, task in keep.items():
-            st = self.tasks.get(key)
-            if st is None:
-                self.tasks[key] = TaskState(task, self.cfg.relay.window_seconds)
-            elif st.task != task:
-                st.task = task  # e.g. the generation's end became known
-                if st.finished and (task.end_us is None or (st.position_us or 0) < task.end_us):
-                    st.finished = False
-
-    def _due(self, now: float, limit: int) -> list[TaskState]:
-        """Up to `limit` tasks whose next window may be read, round-robin."""
-        if now < self.paused_until:
-            return []
-        states = list(self.tasks.values())
-        out = []
-        for i in range(len(states)):
-            st = states[(self._rr + i) % len(states)]
-            if not st.finished and st.next_at <= now:
-                out.append(st)
-                if len(out) == limit:
-                    self._rr = (self._rr + i + 1) % len(states)
-                    return out
-        self._rr = 0
-        return out
+        gone = self.schedule.assign(tasks, now_us())
+        if not gone:
+            return
+        # A revoked task's read in flight is dropped, not published: its next owner starts from the
+        # checkpoint written here, and two workers must never publish one window side by side.
+        keys = {st.task.key for st in gone}
+        keep = deque()
+        for read, pending in self.inflight:
+            if keys.intersection(read.keys):
+                self.schedule.released(read, now_us())
+            else:
+                keep.append((read, pending))
+        self.inflight = keep
+        rows = [(st.task, st.position_us) for st in gone
+                if st.position_us is not None and st.position_us != st.saved_us]
+        if rows:
+            try:
+                self._write_checkpoints(rows)  # the next owner starts where this one stopped
+            except Exception:  # noqa: BLE001 - it then re-reads a few seconds, and dedup drops them
+                log.warning("checkpoints of %d revoked tasks failed", len(rows))
+        for key in keys:
+            self._groups.pop(key, None)
 
     def ttl_of(self, table: str) -> int:
         return self.ttl_by_table.get(table, CDC_TTL_DEFAULT_S)
 
     def _report(self) -> None:
-        positions = {k: (s.position_us, s.finished, s.last_error) for k, s in self.tasks.items()}
+        states = self.schedule.states
+        positions = {k: (s.position_us, s.finished, s.last_error) for k, s in states.items()}
         self._send(Progress(self.index, os.getpid(), self.assign_seq, positions, self.dlq_failing,
                             self.skew.ahead_s))
         lag: dict[str, float] = {}
         margin: dict[str, float] = {}
         t = now_us()
-        for s in self.tasks.values():
+        for s in states.values():
             if s.position_us is None:
                 continue
             table = s.task.table
@@ -309,168 +324,173 @@ class Worker:
                         "(fix NTP: this eats into confidence_seconds=%s)", self.skew.ahead_s,
                         self.cfg.relay.confidence_seconds)
 
-    # ---------------------------------------------------------------- one window
-    def _guard(self, st: TaskState, fn, *args):
-        """Run one step of a task; every failure becomes a back-off of that task, never a crash."""
+    # ---------------------------------------------------------------- starts and checkpoints
+    def _start_tasks(self, now: float) -> None:
+        """Start positions of newly assigned tasks: one checkpoint read per (table, generation)."""
+        if now < self._start_retry_at:
+            return
+        pending = self.schedule.needs_start()
+        if not pending:
+            return
+        from relay.positions import task_start
+        from relay.retry import cql_errors
+
+        t = now_us()
+        for st in pending:
+            task = st.task
+            try:
+                known = self._known_checkpoints(task.table, task.generation_us)
+            except cql_errors() as exc:
+                log.warning("%s: cannot read checkpoints (%s); retrying", task.table, exc)
+                self._start_retry_at = time.monotonic() + START_RETRY_S
+                return
+            # start_from was applied by the supervisor, as checkpoints, before any task of the table ran.
+            start = task_start(task, known.get(task.task_id), t, self.ttl_of(task.table))
+            if start.expired_from_us is not None:
+                log.warning("%s task %d: CDC rows from %s to %s have expired (TTL %ds) before relay read them: "
+                            "they are lost", task.table, task.task_id, start.expired_from_us, start.position_us,
+                            self.ttl_of(task.table))
+            self.schedule.started(task.key, start.position_us, t)
+
+    def _known_checkpoints(self, table: str, generation_us: int) -> dict[int, int]:
+        from relay.retry import cql_errors
+
+        # One read per generation serves all its tasks here (hundreds of vnodes at start-up);
+        # kept briefly, since a task handed back later may have moved on elsewhere.
+        key = (table, generation_us)
+        cached = self._checkpoint_cache.get(key)
+        if cached is None or time.monotonic() - cached[0] > 5.0:
+            known = self.retrier.call("checkpoint_read", cql_errors(), self.checkpoints.load, table, generation_us)
+            self._checkpoint_cache[key] = cached = (time.monotonic(), known)
+        return cached[1]
+
+    def _write_checkpoints(self, rows: list[tuple[Task, int]]) -> None:
+        from relay.retry import cql_errors
+
+        self.retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save_many, rows)
+        self.schedule.saved(rows, now_us())
+        by_table: dict[str, int] = {}
+        for task, _ in rows:
+            by_table[task.table] = by_table.get(task.table, 0) + 1
+        for table, n in by_table.items():
+            self.metrics.checkpoint_writes.labels(table).inc(n)
+
+    def _save_due(self, force: bool = False) -> None:
+        rows = self.schedule.checkpoints(now_us(), force)
+        if not rows:
+            return
+        finished = any(self.schedule.states[t.key].finished for t, _ in rows)
+        try:
+            self._write_checkpoints(rows)
+        except Exception as exc:  # noqa: BLE001 - kept in memory and written at the next attempt
+            log.warning("writing %d checkpoints failed: %s: %s", len(rows), exc.__class__.__name__, exc)
+            return
+        if finished:
+            self._report()  # the supervisor's generation barrier is waiting on these
+
+    def save_all(self) -> None:
+        """On a graceful stop: every position not yet saved."""
+        try:
+            self._save_due(force=True)
+        except Exception:  # noqa: BLE001 - the next start re-reads those windows; dedup drops them
+            log.warning("final checkpoints failed")
+
+    # ---------------------------------------------------------------- one read
+    def _process(self, read: Read, pending) -> None:
+        """Relay one read, and turn every outcome into a fact for the schedule; never crash."""
+        from cassandra import OperationTimedOut, ReadTimeout
         from pybreaker import CircuitBreakerError
 
         from relay.dedup import DedupUnavailable
         from relay.publisher import FatalProducerError, PublishAborted, TransientPublishError
 
+        sch = self.schedule
+        if self.stopping or time.monotonic() < self.paused_until:
+            sch.released(read, now_us())  # re-read later from unchanged positions
+            return
+        where = f"{read.table} ({len(read.keys)} task{'s' if len(read.keys) > 1 else ''})"
         try:
-            result = fn(*args)
-            if fn == self._window:
-                st.failures = 0
-                st.last_error = ""
-            return result
+            result = self._relay(read, pending)
         except CircuitBreakerError:
             # An open breaker pauses all reading in this worker until it may half-open.
-            self.paused_until = time.monotonic() + min(self.cfg.breaker.reset_timeout_seconds, 5.0)
-            st.last_error = "kafka breaker open"
+            pause = min(self.cfg.breaker.reset_timeout_seconds, 5.0)
+            self.paused_until = time.monotonic() + pause
+            sch.paused_until_us = now_us() + int(pause * 1_000_000)
+            sch.released(read, now_us(), "kafka breaker open")
+            self._drop_inflight("kafka breaker open")
         except PublishAborted:
-            st.last_error = "stopping"  # its window is re-read by whoever runs the task next
+            sch.released(read, now_us(), "stopping")  # re-read by whoever runs the tasks next
         except FatalProducerError as exc:
             log.error("worker %d: fatal producer error, rebuilding the producer: %s", self.index, exc)
             self.publisher.rebuild()
-            self._backoff(st, str(exc))
+            sch.failed(read, str(exc), now_us())
         except TransientPublishError as exc:
-            log.warning("%s task %d: %s; window will be re-read", st.task.table, st.task.task_id, exc)
-            self._backoff(st, str(exc))
+            log.warning("%s: %s; window will be re-read", where, exc)
+            sch.failed(read, str(exc), now_us())
         except DedupUnavailable as exc:
             log.warning("redis unavailable and on_outage=pause: waiting (%s)", exc)
-            self._backoff(st, f"redis: {exc}")
+            sch.failed(read, f"redis: {exc}", now_us())
         except DeadLetterWriteFailed as exc:
-            self._backoff(st, str(exc))
+            sch.failed(read, str(exc), now_us())
+        except (ReadTimeout, OperationTimedOut) as exc:
+            log.warning("%s: %s: %s", where, exc.__class__.__name__, exc)
+            sch.failed(read, f"{exc.__class__.__name__}: {exc}", now_us(), timed_out=True)
         except Exception as exc:  # noqa: BLE001 - a failing window must never kill the loop
             from relay.retry import cql_errors
 
             if isinstance(exc, cql_errors()):
-                log.warning("%s task %d: %s: %s", st.task.table, st.task.task_id, exc.__class__.__name__, exc)
+                log.warning("%s: %s: %s", where, exc.__class__.__name__, exc)
             else:
-                log.exception("%s task %d: window failed", st.task.table, st.task.task_id)
-            self._backoff(st, f"{exc.__class__.__name__}: {exc}")
-
-    def _backoff(self, st: TaskState, error: str) -> None:
-        st.failures += 1
-        st.last_error = error[:300]
-        st.next_at = time.monotonic() + min(10.0, 0.2 * 2 ** min(st.failures, 6))
-
-    def _save(self, st: TaskState) -> None:
-        from relay.retry import cql_errors
-
-        if st.position_us is None or st.position_us == st.saved_us:
-            return
-        self.retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, st.task, st.position_us)
-        self.metrics.checkpoint_writes.labels(st.task.table).inc()
-        st.saved_us, st.saved_at = st.position_us, time.monotonic()
-
-    def save_all(self) -> None:
-        """On a graceful stop: write every position the deferred empty windows left unsaved."""
-        for st in self.tasks.values():
-            try:
-                self._save(st)
-            except Exception:  # noqa: BLE001 - the next start re-reads those (empty) windows
-                log.warning("%s task %d: final checkpoint failed", st.task.table, st.task.task_id)
-
-    def _start_position(self, task: Task) -> int:
-        from relay.positions import task_start
-        from relay.retry import cql_errors
-
-        # One read per generation serves all its tasks here (hundreds of vnodes at start-up);
-        # kept briefly, since a task handed back later may have moved on elsewhere.
-        cache_key = (task.table, task.generation_us)
-        cached = self._checkpoint_cache.get(cache_key)
-        if cached is None or time.monotonic() - cached[0] > 5.0:
-            known = self.retrier.call("checkpoint_read", cql_errors(), self.checkpoints.load, task.table,
-                                      task.generation_us)
-            self._checkpoint_cache[cache_key] = (time.monotonic(), known)
+                log.exception("%s: window failed", where)
+            sch.failed(read, f"{exc.__class__.__name__}: {exc}", now_us())
         else:
-            known = cached[1]
-        # start_from was applied by the supervisor, as checkpoints, before any task of the table ran.
-        start = task_start(task, known.get(task.task_id), now_us(), self.ttl_of(task.table))
-        if start.expired_from_us is not None:
-            log.warning("%s task %d: CDC rows from %s to %s have expired (TTL %ds) before relay read them: "
-                        "they are lost", task.table, task.task_id, start.expired_from_us, start.position_us,
-                        self.ttl_of(task.table))
-        return start.position_us
+            sch.done(read, result.events, now_us())
 
-    def _goal(self, task: Task) -> int | None:
-        goals = [x for x in (task.end_us, self.until_us) if x is not None]
-        return min(goals) if goals else None
-
-    def _plan(self, st: TaskState) -> int | None:
-        """The end of the task's next window, or None when there is nothing to read yet."""
-        task = st.task
-        if st.position_us is None:
-            st.position_us = self._start_position(task)
-            st.saved_us, st.saved_at = None, time.monotonic()
-        goal = self._goal(task)
-        end = windows.window_end(st.position_us, st.window_s, now_us(), self.cfg.relay.confidence_seconds,
-                                 self.skew.ahead_s, goal)
-        if end is None:
-            if goal is not None and st.position_us >= goal:
-                st.finished = True
-                self._save(st)
-                self._report()
-            else:
-                st.next_at = time.monotonic() + self.cfg.relay.poll_interval_seconds
-        return end
-
-    def _window(self, st: TaskState, end: int, future=None) -> None:
-        task = st.task
-        started = time.monotonic()
-        result = self._relay_window(st, end, future)
-        st.position_us = end
-        goal = self._goal(task)
-        if windows.checkpoint_due(result.events, time.monotonic(), st.saved_at, goal is not None and end >= goal):
-            self._save(st)
-        st.window_s = windows.next_window_size(st.window_s, self.cfg.relay.window_seconds, result.events)
-        caught_up = windows.caught_up(end, now_us(), self.cfg.relay.confidence_seconds,
-                                      self.cfg.relay.poll_interval_seconds, self.skew.ahead_s)
-        st.next_at = started + self.cfg.relay.poll_interval_seconds if caught_up else 0.0
-
-    def _read(self, st: TaskState, end: int, future) -> list:
-        from cassandra import OperationTimedOut, ReadTimeout
-
+    def _read(self, read: Read, pending) -> list:
         from relay.retry import cql_errors
 
-        task = st.task
-        pending = [future]  # the prefetched first page serves the first attempt only
+        first = [pending]  # the read sent ahead serves the first attempt only
+        reader = self.readers[read.table]
 
-        def read():
-            first, pending[0] = pending[0], None
-            return list(self.readers[task.table].read(task.streams, st.position_us, end, first))
+        def attempt():
+            handle, first[0] = first[0], None
+            return list(reader.read(read.streams, read.start_us, read.end_us, handle))
 
-        try:
-            return self.retrier.call("cql_read", cql_errors(), read)
-        except (ReadTimeout, OperationTimedOut):
-            # A read that keeps timing out gets a smaller window, not the same one again forever.
-            st.window_s = windows.next_window_size(st.window_s, self.cfg.relay.window_seconds, 0, timed_out=True)
-            raise
+        return self.retrier.call("cql_read", cql_errors(), attempt)
 
-    def _relay_window(self, st: TaskState, end: int, future=None) -> WindowResult:
+    def _task_of_stream(self, read: Read) -> dict[bytes, tuple]:
+        states = self.schedule.states
+        return {s: key for key in read.keys if key in states for s in states[key].task.streams}
+
+    def _relay(self, read: Read, pending) -> WindowResult:
         from relay.mapping import Poison
         from relay.publisher import FatalProducerError, TransientPublishError
 
-        task = st.task
+        table = read.table
         m = self.metrics
         res = WindowResult()
         t0 = time.monotonic()
-        changes = self._read(st, end, future)
-        m.cql_read.labels(task.table).observe(time.monotonic() - t0)
+        changes = self._read(read, pending)
+        m.cql_read.labels(table).observe(time.monotonic() - t0)
+        if not changes:
+            return res  # an empty window touches neither Redis nor Kafka
         events: list[OutboxEvent] = []
         poisons: list[Poison] = []
-        mapper = self.mappers[task.table]
+        mapper = self.mappers[table]
+        owner = self._task_of_stream(read) if len(read.keys) > 1 else None
+        counts = res.events
+        rows = 0
         for change in changes:
+            rows += len(change.rows)
+            n = len(events) + len(poisons)
             for item in mapper.map(change, res.skipped):
                 (poisons if isinstance(item, Poison) else events).append(item)
-        res.events = len(events) + len(poisons)
-        rows = sum(len(c.rows) for c in changes)
-        if rows:
-            m.events_read.labels(task.table).inc(rows)
+            key = owner.get(change.stream_id) if owner is not None else read.keys[0]
+            counts[key] = counts.get(key, 0) + len(events) + len(poisons) - n
+        m.events_read.labels(table).inc(rows)
         for op, n in res.skipped.items():
-            m.events_skipped.labels(task.table, op).inc(n)
-        if not res.events:
+            m.events_skipped.labels(table, op).inc(n)
+        if not events and not poisons:
             return res
 
         # Marks an outage left unwritten go first: the dedup check below must see them.
@@ -479,19 +499,19 @@ class Worker:
         new, seen = self.dedup.split(events)
         self._count_unavailable(events, before)
         if seen:
-            m.events_deduplicated.labels(task.table).inc(len(seen))
+            m.events_deduplicated.labels(table).inc(len(seen))
         try:
             outcome = self.publisher.publish(new, self._should_abort)
         except (TransientPublishError, FatalProducerError) as exc:
             # What did settle counts: acks are marked already; events held back to keep their
             # aggregate's order, or refused for good, are dead letters now, not on the re-read.
             if exc.outcome.delivered:
-                m.events_published.labels(task.table).inc(len(exc.outcome.delivered))
+                m.events_published.labels(table).inc(len(exc.outcome.delivered))
             if exc.outcome.failed:
                 self._dead_letter(exc.outcome.failed)
             raise
         if outcome.delivered:
-            m.events_published.labels(task.table).inc(len(outcome.delivered))
+            m.events_published.labels(table).inc(len(outcome.delivered))
         failed = [(p.event, p.reason, p.message) for p in poisons] + outcome.failed
         if failed:
             self._dead_letter(failed)

@@ -38,13 +38,19 @@ def test_a_read_that_times_out_shrinks_until_the_floor():
     assert size == windows.MIN_WINDOW_S
 
 
-def test_checkpoint_due():
-    assert windows.checkpoint_due(1, 100.0, 99.9, False)
-    assert not windows.checkpoint_due(0, 100.0, 99.0, False)
-    assert windows.checkpoint_due(0, 100.0, 100.0 - windows.EMPTY_CHECKPOINT_INTERVAL_S, False)
-    assert windows.checkpoint_due(0, 100.0, 99.9, True), "the goal is always saved"
+def test_grid_snaps_the_readable_limit_down():
+    grid = 250_000
+    limit = windows.readable_limit(NOW + 100_000, 10, 0, grid)
+    assert limit % grid == 0 and NOW - 10 * S - grid < limit <= NOW + 100_000 - 10 * S
+    assert windows.window_end(NOW - 20 * S, 10, NOW + 100_000, 10, 0, None, grid) == NOW - 10 * S
+    assert windows.window_end(NOW - 10 * S, 10, NOW + 100_000, 10, 0, None, grid) is None, "no partial grid step"
 
 
-def test_caught_up():
-    assert windows.caught_up(NOW - 10 * S, NOW, 10, 0.5, 0)
-    assert not windows.caught_up(NOW - 11 * S, NOW, 10, 0.5, 0)
+def test_next_readable_at_is_the_next_grid_point_plus_confidence():
+    grid = 250_000
+    assert windows.next_readable_at(NOW, 10, 0, grid) == NOW + grid + 10 * S
+    assert windows.next_readable_at(NOW + 1, 10, 0.5, grid) == NOW + grid + 10_500_000
+    pos = NOW - 10 * S
+    at = windows.next_readable_at(pos, 10, 0, grid)
+    assert windows.window_end(pos, 10, at, 10, 0, None, grid) == pos + grid
+    assert windows.window_end(pos, 10, at - 1, 10, 0, None, grid) is None

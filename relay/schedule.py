@@ -1,0 +1,293 @@
+"""Which windows a worker reads next, and which positions it saves (DESIGN §3, §3b). Pure.
+
+The worker feeds facts (tasks assigned, start positions found, reads done or failed, the clock
+skew, a paused breaker) with an injected wall-clock `now` (µs), and acts on the decisions: the
+`Read`s to send and the checkpoint rows to write. Nothing here touches a socket.
+
+Why it is shaped this way:
+- Cost must follow traffic, not the number of tasks. Live windows end on a shared grid
+  (`poll_interval_seconds`), so every caught-up task of a (table, generation) reads the same
+  [start, end); tasks whose last windows were light and whose streams share a replica set are
+  merged into one `Read`, which the reader sends as a few `IN` queries of at most 100 streams.
+  768 idle vnodes then cost a handful of queries per grid step instead of 768.
+- A busy task reads alone and is due again at once, so it never waits behind idle ones; due tasks
+  are served oldest-first from a heap, so a backlog cannot starve live tasks either.
+- Positions move in memory; they are saved per (table, generation) partition at most
+  `checkpoint_interval_s` after they moved (a crash re-reads at most that much, and dedup drops
+  what was already delivered), and at once when a task reaches its generation's end (the
+  generation barrier waits on those rows) or when the worker lets tasks go.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from relay import windows
+from relay.model import Task
+
+TaskKey = tuple[str, int, int]
+
+LIGHT_EVENTS = 1_000  # a task whose last window carried fewer events may share a query with others
+MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, one publish batch
+BACKOFF_MAX_S = 10.0
+
+
+@dataclass
+class TaskState:
+    task: Task
+    window_s: float
+    position_us: int | None = None  # every event before it is delivered or dead-lettered
+    due_us: int = 0  # wall time at which its next window may be read
+    failures: int = 0
+    finished: bool = False  # reached its generation's end (or the run's --until)
+    busy: bool = False  # a read of it is in flight
+    last_events: int = -1  # events in its last window; -1 = unknown yet, so it reads alone
+    last_error: str = ""
+    saved_us: int | None = None  # position last written to the checkpoint table
+
+
+@dataclass(frozen=True)
+class Read:
+    """One window [start_us, end_us) of one or more tasks of one (table, generation)."""
+
+    table: str
+    generation_us: int
+    start_us: int
+    end_us: int
+    keys: tuple[TaskKey, ...]
+    streams: tuple[bytes, ...]  # the tasks' streams, task after task
+
+
+@dataclass
+class Schedule:
+    window_s: float
+    confidence_s: float
+    grid_s: float
+    checkpoint_interval_s: float
+    group_of: Callable[[Task], Hashable] = field(default=lambda task: None)  # replica set of a task's streams
+    until_us: int | None = None
+    clock_ahead_s: float = 0.0  # fact: how far relay's clock runs ahead of the cluster's
+    paused_until_us: int = 0  # fact: the Kafka breaker is open until then
+    states: dict[TaskKey, TaskState] = field(default_factory=dict)
+    _heap: list[tuple[int, int, TaskKey]] = field(default_factory=list)
+    _seq: int = 0
+    _moved: dict[tuple[str, int], dict[TaskKey, int]] = field(default_factory=dict)  # partition → key → moved at
+    _urgent: set[tuple[str, int]] = field(default_factory=set)  # partitions to save at once
+    _unstarted: set[TaskKey] = field(default_factory=set)
+
+    @property
+    def grid_us(self) -> int:
+        return max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
+
+    # ------------------------------------------------------------ facts in
+    def assign(self, tasks: Iterable[Task], now_us: int) -> list[TaskState]:
+        """The worker's whole task list. Returns the states of tasks it no longer has (to save)."""
+        keep = {t.key: t for t in tasks}
+        gone = [self.states.pop(k) for k in list(self.states) if k not in keep]
+        for st in gone:
+            self._forget(st.task.key)
+        for key, task in keep.items():
+            st = self.states.get(key)
+            if st is None:
+                self.states[key] = TaskState(task, self.window_s)
+                self._unstarted.add(key)
+            elif st.task != task:
+                st.task = task  # e.g. the generation's end became known
+                if st.finished and (self.goal(task) is None or (st.position_us or 0) < self.goal(task)):
+                    st.finished = False
+                    self._push(key, now_us)
+        return gone
+
+    def needs_start(self) -> list[TaskState]:
+        return [self.states[k] for k in sorted(self._unstarted)]
+
+    def started(self, key: TaskKey, position_us: int, now_us: int) -> None:
+        st = self.states[key]
+        self._unstarted.discard(key)
+        st.position_us = position_us
+        st.saved_us = None  # written at the first save even when it is the start itself
+        self._moved_now(st, now_us)
+        self._push(key, now_us)
+
+    def done(self, read: Read, events: dict[TaskKey, int], now_us: int) -> None:
+        """Every event of the read is delivered or dead-lettered: its tasks move to its end."""
+        for key in read.keys:
+            st = self.states.get(key)
+            if st is None:
+                continue  # revoked while its read was in flight; the next owner re-reads it
+            st.busy = False
+            if st.position_us != read.start_us:
+                self._push(key, now_us)
+                continue
+            n = events.get(key, 0)
+            st.position_us, st.failures, st.last_error, st.last_events = read.end_us, 0, "", n
+            self._moved_now(st, now_us)
+            st.window_s = windows.next_window_size(st.window_s, self.window_s, n)
+            goal = self.goal(st.task)
+            if goal is not None and read.end_us >= goal:
+                st.finished = True
+                self._moved_now(st, now_us)  # urgent now: the generation barrier waits on this row
+                continue
+            limit = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
+            if read.end_us >= limit:  # caught up: next grid point
+                due = windows.next_readable_at(read.end_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
+            else:
+                due = now_us
+            self._push(key, due)
+
+    def failed(self, read: Read, error: str, now_us: int, timed_out: bool = False) -> None:
+        for key in read.keys:
+            st = self.states.get(key)
+            if st is None:
+                continue
+            st.busy = False
+            st.failures += 1
+            st.last_error = error[:300]
+            if timed_out:  # a read that keeps timing out gets a smaller window, not the same one forever
+                st.window_s = windows.next_window_size(st.window_s, self.window_s, 0, timed_out=True)
+            backoff = min(BACKOFF_MAX_S, 0.2 * 2 ** min(st.failures, 6))
+            self._push(key, now_us + int(backoff * 1_000_000))
+
+    def released(self, read: Read, now_us: int, error: str = "") -> None:
+        """The read was dropped without an outcome (stopping, breaker open): read it again later."""
+        for key in read.keys:
+            st = self.states.get(key)
+            if st is not None:
+                st.busy = False
+                if error:
+                    st.last_error = error
+                self._push(key, max(now_us, self.paused_until_us))
+
+    # ------------------------------------------------------------ decisions out
+    def goal(self, task: Task) -> int | None:
+        goals = [x for x in (task.end_us, self.until_us) if x is not None]
+        return min(goals) if goals else None
+
+    def plan(self, now_us: int, limit: int) -> list[Read]:
+        """Up to `limit` reads due now, oldest due first; light tasks sharing a window merged."""
+        if limit <= 0 or now_us < self.paused_until_us:
+            return []
+        groups: dict[Hashable, list[TaskState]] = {}
+        order: list[Hashable] = []
+        deferred: list[TaskKey] = []
+        while self._heap and self._heap[0][0] <= now_us:
+            due, _, key = heapq.heappop(self._heap)
+            st = self.states.get(key)
+            if st is None or st.busy or st.finished or st.position_us is None or st.due_us != due:
+                continue  # a stale heap entry
+            end = windows.window_end(st.position_us, st.window_s, now_us, self.confidence_s, self.clock_ahead_s,
+                                     self.goal(st.task), self.grid_us)
+            if end is None:
+                goal = self.goal(st.task)
+                if goal is not None and st.position_us >= goal:
+                    st.finished = True
+                    self._moved_now(st, now_us)
+                else:
+                    self._push(key, windows.next_readable_at(st.position_us, self.confidence_s,
+                                                             self.clock_ahead_s, self.grid_us))
+                continue
+            t = st.task
+            if 0 <= st.last_events < LIGHT_EVENTS:
+                gk: Hashable = (t.table, t.generation_us, st.position_us, end, self.group_of(t))
+            else:
+                gk = ("alone", key, end)
+            members = groups.get(gk)
+            if members is None:
+                if len(order) == limit:  # no room for another read: due again at once
+                    deferred.append(key)
+                    continue
+                members = groups[gk] = []
+                order.append(gk)
+            members.append(st)
+            st.busy = True
+            st.due_us = -1
+        for key in deferred:
+            self._push(key, now_us)
+        reads: list[Read] = []
+        for gk in order:
+            members = groups[gk]
+            chunk: list[TaskState] = []
+            size = events = 0
+            for st in members:
+                # Bounded in streams (queries) and in the events their last windows carried (memory).
+                if chunk and (size + len(st.task.streams) > MAX_READ_STREAMS
+                              or events + st.last_events > windows.MAX_EVENTS_PER_WINDOW):
+                    reads.append(self._read(chunk, gk))
+                    chunk, size, events = [], 0, 0
+                chunk.append(st)
+                size += len(st.task.streams)
+                events += max(0, st.last_events)
+            if chunk:
+                reads.append(self._read(chunk, gk))
+        return reads
+
+    def next_due_us(self) -> int | None:
+        """When `plan` may next return something (stale heap entries may make this early, never late)."""
+        while self._heap:
+            due, _, key = self._heap[0]
+            st = self.states.get(key)
+            if st is None or st.busy or st.finished or st.due_us != due:
+                heapq.heappop(self._heap)
+                continue
+            return max(due, self.paused_until_us)
+        return None
+
+    def checkpoints(self, now_us: int, force: bool = False) -> list[tuple[Task, int]]:
+        """(task, position) rows to write now: every moved position of a (table, generation) partition
+        once one of them is `checkpoint_interval_s` old or its task finished; all of them when forced."""
+        interval = int(self.checkpoint_interval_s * 1_000_000)
+        rows: list[tuple[Task, int]] = []
+        for part, moved in self._moved.items():
+            # The partition's oldest move decides: O(partitions) when nothing is due.
+            if force or part in self._urgent or now_us - min(moved.values()) >= interval:
+                rows += [(self.states[k].task, self.states[k].position_us) for k in sorted(moved)]
+        return rows
+
+    def saved(self, rows: Iterable[tuple[Task, int]], now_us: int) -> None:
+        for task, position in rows:
+            st = self.states.get(task.key)
+            if st is None:
+                continue
+            st.saved_us = position
+            part = (task.table, task.generation_us)
+            if st.position_us == position:
+                moved = self._moved.get(part, {})
+                moved.pop(task.key, None)
+                if not moved:
+                    self._moved.pop(part, None)
+                    self._urgent.discard(part)
+            else:  # it moved on while being written: stale from now on
+                self._moved.setdefault(part, {})[task.key] = now_us
+
+    # ------------------------------------------------------------ internals
+    def _push(self, key: TaskKey, due_us: int) -> None:
+        st = self.states[key]
+        st.due_us = due_us
+        self._seq += 1
+        heapq.heappush(self._heap, (due_us, self._seq, key))
+
+    def _moved_now(self, st: TaskState, now_us: int) -> None:
+        if st.position_us is None or st.position_us == st.saved_us:
+            return
+        part = (st.task.table, st.task.generation_us)
+        self._moved.setdefault(part, {}).setdefault(st.task.key, now_us)
+        if st.finished:
+            self._urgent.add(part)
+
+    def _forget(self, key: TaskKey) -> None:
+        self._unstarted.discard(key)
+        part = (key[0], key[1])
+        moved = self._moved.get(part)
+        if moved is not None:
+            moved.pop(key, None)
+            if not moved:
+                del self._moved[part]
+                self._urgent.discard(part)
+
+    def _read(self, members: list[TaskState], gk) -> Read:
+        first = members[0]
+        end = gk[3] if gk[0] != "alone" else gk[2]
+        return Read(first.task.table, first.task.generation_us, first.position_us, end,
+                    tuple(st.task.key for st in members),
+                    tuple(s for st in members for s in st.task.streams))

@@ -1,0 +1,231 @@
+"""The worker's scheduling decisions (relay.schedule), with a fake clock: no services."""
+from __future__ import annotations
+
+from relay import windows
+from relay.model import Task
+from relay.schedule import LIGHT_EVENTS, MAX_READ_STREAMS, Schedule
+
+S = 1_000_000
+NOW = 1_800_000_000 * S  # a fixed wall clock, µs
+GEN = NOW - 3600 * S
+
+
+def tasks(n: int, streams: int = 2, table: str = "ks.t", gen: int = GEN, end: int | None = None) -> list[Task]:
+    return [Task(table, gen, i, tuple(bytes([i % 256, i // 256, s]) for s in range(streams)), end)
+            for i in range(n)]
+
+
+def schedule(**kw) -> Schedule:
+    opts = dict(window_s=10.0, confidence_s=10.0, grid_s=0.25, checkpoint_interval_s=5.0)
+    opts.update(kw)
+    return Schedule(**opts)
+
+
+def started(sch: Schedule, ts: list[Task], position: int, now: int = NOW) -> None:
+    sch.assign(ts, now)
+    for st in sch.needs_start():
+        sch.started(st.task.key, position, now)
+
+
+def drain(sch: Schedule, now: int, events: int = 0, limit: int = 1000) -> list:
+    """Plan everything due at `now` and report each read done with `events` per task."""
+    reads = sch.plan(now, limit)
+    for r in reads:
+        sch.done(r, {k: events for k in r.keys}, now)
+    return reads
+
+
+def test_unknown_tasks_read_alone_then_idle_ones_share_reads():
+    sch = schedule()
+    ts = tasks(768)
+    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
+    started(sch, ts, live - 2 * S)
+    first = drain(sch, NOW)
+    assert len(first) == 768, "a task whose traffic is unknown reads alone"
+    assert all(r.end_us == live for r in first)
+    # Caught up and empty: due at the next grid point, all together, in reads of ≤ MAX_READ_STREAMS streams.
+    nxt = sch.next_due_us()
+    assert nxt == live + sch.grid_us + 10 * S
+    second = drain(sch, nxt)
+    assert len(second) == -(-768 * 2 // MAX_READ_STREAMS)
+    assert sorted(k for r in second for k in r.keys) == sorted(t.key for t in ts)
+    assert {(r.start_us, r.end_us) for r in second} == {(live, live + sch.grid_us)}
+    assert all(len(r.streams) <= MAX_READ_STREAMS for r in second)
+
+
+def test_idle_reads_per_second_do_not_grow_with_tasks():
+    for n in (256, 768, 3072):
+        sch = schedule()
+        started(sch, tasks(n), windows.readable_limit(NOW, 10, 0, sch.grid_us) - sch.grid_us)
+        now, reads = NOW, 0
+        assert len(drain(sch, now, limit=n)) == n  # the first windows, of unknown traffic
+        end = NOW + 10 * S
+        while (due := sch.next_due_us()) is not None and due < end:
+            now = due
+            reads += len(drain(sch, now))
+        per_s = reads / 10
+        assert per_s <= (-(-n * 2 // MAX_READ_STREAMS)) / 0.25 + 1
+
+
+def test_groups_split_by_replica_set_and_generation():
+    ts = tasks(10) + tasks(4, gen=GEN + 1)
+    sch = schedule(group_of=lambda t: t.task_id % 2)
+    started(sch, ts, NOW - 30 * S)
+    drain(sch, NOW)  # learn they are light
+    reads = drain(sch, sch.next_due_us() or NOW)
+    for r in reads:
+        assert len({k[1] for k in r.keys}) == 1, "one (table, generation) per read"
+        assert len({k[2] % 2 for k in r.keys}) == 1, "one replica set per read"
+    assert len(reads) == 4
+
+
+def test_busy_task_reads_alone_and_is_due_at_once():
+    sch = schedule()
+    ts = tasks(3)
+    started(sch, ts, NOW - 600 * S)
+    reads = sch.plan(NOW, 10)
+    busy = reads[0].keys[0]
+    sch.done(reads[0], {busy: 5000}, NOW)
+    for r in reads[1:]:
+        sch.done(r, {}, NOW)
+    again = sch.plan(NOW, 10)
+    alone = [r for r in again if busy in r.keys]
+    assert len(alone) == 1 and alone[0].keys == (busy,)
+    assert sch.states[busy].window_s == 10.0
+
+
+def test_a_busy_backlog_does_not_starve_live_tasks():
+    """Due tasks are served oldest-first: a backlog task due again at once queues behind earlier ones."""
+    sch = schedule()
+    backlog, live = tasks(1, table="ks.a"), tasks(1, table="ks.b")
+    sch.assign(backlog + live, NOW)
+    sch.started(backlog[0].key, NOW - 3600 * S, NOW)
+    sch.started(live[0].key, windows.readable_limit(NOW, 10, 0, sch.grid_us) - sch.grid_us, NOW)
+    now = NOW
+    served = set()
+    for _ in range(5):
+        reads = sch.plan(now, 1)
+        assert len(reads) == 1
+        served.add(reads[0].table)
+        sch.done(reads[0], {k: 50_000 for k in reads[0].keys}, now)
+        now += 1000
+    assert served == {"ks.a", "ks.b"}
+
+
+def test_plan_respects_limit_and_keeps_the_rest_due():
+    sch = schedule()
+    started(sch, tasks(5), NOW - 60 * S)
+    assert len(sch.plan(NOW, 2)) == 2
+    assert len(sch.plan(NOW, 10)) == 3
+    assert sch.plan(NOW, 10) == [], "in-flight tasks are not planned twice"
+
+
+def test_merged_reads_are_bounded_by_their_events():
+    sch = schedule()
+    ts = tasks(30, streams=1)
+    started(sch, ts, NOW - 600 * S)
+    drain(sch, NOW, events=LIGHT_EVENTS - 1)
+    reads = sch.plan(NOW, 100)
+    per_read = windows.MAX_EVENTS_PER_WINDOW // (LIGHT_EVENTS - 1)
+    assert [len(r.keys) for r in reads] == [per_read, 30 - per_read]
+
+
+def test_failure_backs_off_and_timeouts_shrink_the_window():
+    sch = schedule()
+    started(sch, tasks(1), NOW - 600 * S)
+    (r,) = sch.plan(NOW, 10)
+    sch.failed(r, "ReadTimeout", NOW, timed_out=True)
+    st = sch.states[r.keys[0]]
+    assert st.failures == 1 and st.window_s == 2.5 and st.last_error == "ReadTimeout"
+    assert sch.plan(NOW, 10) == []
+    assert sch.next_due_us() == NOW + 400_000
+    (again,) = sch.plan(NOW + 400_000, 10)
+    assert again.start_us == r.start_us and again.end_us < r.end_us
+
+
+def test_paused_breaker_plans_nothing_and_released_reads_come_back():
+    sch = schedule()
+    started(sch, tasks(2), NOW - 600 * S)
+    reads = sch.plan(NOW, 10)
+    sch.paused_until_us = NOW + 5 * S
+    for r in reads:
+        sch.released(r, NOW, "kafka breaker open")
+    assert sch.plan(NOW + S, 10) == []
+    assert sch.next_due_us() == NOW + 5 * S
+    assert len(sch.plan(NOW + 5 * S, 10)) == 2
+
+
+def test_clock_ahead_holds_windows_back():
+    sch = schedule(clock_ahead_s=1.5)
+    started(sch, tasks(1), NOW - 12 * S)
+    (r,) = sch.plan(NOW, 10)
+    assert r.end_us == windows.readable_limit(NOW, 10, 1.5, sch.grid_us) <= NOW - 11_500_000
+
+
+def test_checkpoints_batched_per_partition_with_bounded_staleness():
+    sch = schedule()
+    a, b = tasks(3, table="ks.a"), tasks(3, table="ks.b")
+    started(sch, a + b, NOW - 600 * S)  # one assignment of both tables
+    # The start positions are new rows: due after the interval, not before.
+    assert sch.checkpoints(NOW + 4 * S) == []
+    rows = sch.checkpoints(NOW + 5 * S)
+    assert len(rows) == 6
+    sch.saved(rows, NOW + 5 * S)
+    assert sch.checkpoints(NOW + 60 * S) == []
+    # One task of ks.a moves: at the interval, only its partition is written (with every moved task of it).
+    for r in sch.plan(NOW + 6 * S, 100):
+        if r.table == "ks.a":
+            sch.done(r, {}, NOW + 6 * S)
+        else:
+            sch.released(r, NOW + 6 * S)
+    assert sch.checkpoints(NOW + 10 * S) == []
+    rows = sch.checkpoints(NOW + 11 * S)
+    assert {t.table for t, _ in rows} == {"ks.a"} and len(rows) == 3
+    sch.saved(rows, NOW + 11 * S)
+    assert sch.checkpoints(NOW + 11 * S, force=True) == []
+
+
+def test_generation_end_is_saved_at_once_and_finishes_the_task():
+    end = NOW - 30 * S
+    sch = schedule()
+    ts = tasks(2, end=end)
+    started(sch, ts, end - 5 * S)
+    sch.saved(sch.checkpoints(NOW, force=True), NOW)
+    reads = sch.plan(NOW, 10)
+    assert {r.end_us for r in reads} == {end}
+    for r in reads:
+        sch.done(r, {}, NOW)
+    assert all(sch.states[t.key].finished for t in ts)
+    rows = sch.checkpoints(NOW)
+    assert sorted((t.task_id, p) for t, p in rows) == [(0, end), (1, end)]
+    assert sch.next_due_us() is None
+
+
+def test_until_is_a_goal_too():
+    sch = schedule(until_us=NOW - 100 * S)
+    started(sch, tasks(1), NOW - 100 * S)
+    assert sch.plan(NOW, 10) == []
+    assert all(st.finished for st in sch.states.values())
+
+
+def test_revoked_task_is_returned_and_its_inflight_read_ignored():
+    sch = schedule()
+    ts = tasks(2)
+    started(sch, ts, NOW - 600 * S)
+    reads = sch.plan(NOW, 10)
+    gone = sch.assign(ts[:1], NOW)
+    assert [st.task.key for st in gone] == [ts[1].key]
+    for r in reads:
+        sch.done(r, {}, NOW)
+    assert ts[1].key not in sch.states
+    assert {t.task_id for t, _ in sch.checkpoints(NOW, force=True)} == {0}
+
+
+def test_generation_end_learned_later_reopens_a_task_finished_by_until():
+    sch = schedule()
+    t = tasks(1)[0]
+    started(sch, [t], NOW - 600 * S)
+    ended = Task(t.table, t.generation_us, t.task_id, t.streams, NOW - 590 * S)
+    sch.assign([ended], NOW)
+    (r,) = sch.plan(NOW, 10)
+    assert r.end_us == NOW - 590 * S
