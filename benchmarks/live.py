@@ -7,7 +7,7 @@ emulated CDC generation has `vnodes × shards` streams (default 768 × 4: three 
 vnodes, 4 shards each; one task per vnode). In that one process, in order:
 
 1. **idle**: once every task has a position within confidence + window + poll (+1.5 s) of
-   now, `idle_seconds` with no traffic: CPU of relay's processes (all of them, from /proc),
+   now, and one window + poll later, `idle_seconds` with no traffic: CPU of relay's processes (all of them, from /proc),
    CQL window reads/s (`relay_cql_read_duration_seconds_count`) and checkpoint writes/s
    (`relay_checkpoint_writes_total`) from relay's /metrics;
 2. **latency points**: for each (name, rate), loadgen in processes of its own
@@ -38,7 +38,7 @@ from benchmarks.common import Stack, log
 DRAIN_S = 60.0  # after a point's load (and confidence + window): how long relay may take to publish the rest
 READS_METRIC = "relay_cql_read_duration_seconds_count"  # one observation per CQL window read
 CHECKPOINTS_METRIC = "relay_checkpoint_writes_total"
-SETTLE_S = 2.0  # after every task is caught up, before the idle measurement starts
+SETTLE_S = 2.0  # at least, after every task is caught up: one window + poll more, so each task has cycled once
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -209,7 +209,7 @@ def run_live(stack: Stack, workdir: Path, run_id: str, *, vnodes: int, shards: i
                 time.sleep(1.0)
             state["catch_up_s"] = round(time.monotonic() - t_ready, 1)
             state["ready_s"] = round(t_ready - t0, 1)
-            time.sleep(SETTLE_S)
+            time.sleep(max(SETTLE_S, window + poll))
             if idle_seconds > 0:
                 log(f"live: every task caught up (worst lag {worst:.1f}s); idle for {idle_seconds:.0f}s")
                 a = meter.take()

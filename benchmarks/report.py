@@ -146,11 +146,15 @@ def _target_value(t: dict) -> str:
     v = t["value"]
     if v is None:
         return "not measured"
-    return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.1f}"
+
+
+def _g(x) -> str:
+    return "–" if x is None else format(x, ",g")
 
 
 def _bound(x, lower: bool) -> str:
-    return "–" if x is None else f"{'≤' if lower else '≥'} {x:,}"
+    return "–" if x is None else f"{'≤' if lower else '≥'} {_g(x)}"
 
 
 def _verdict(t: dict) -> str:
@@ -169,7 +173,7 @@ def targets_md(s: dict) -> list[str]:
              "|---|---|---:|---:|---:|---:|---|"]
     for key, t in s["targets"].items():
         lower = t["better"] == "lower"
-        lines.append(f"| {t['label']} ({t['unit']}) | `{key}` | {_target_value(t)} | {_fmt(t['today'], 2)} | "
+        lines.append(f"| {t['label']} ({t['unit']}) | `{key}` | {_target_value(t)} | {_g(t['today'])} | "
                      f"{_bound(t['target'], lower)} | {_bound(t['moonshot'], lower)} | {_verdict(t)} |")
     lines += ["", "Notes on the figures: " + "; ".join(f"`{k}`: {t['note']}" for k, t in s["targets"].items()
                                                       if t["note"]) + ".", ""]
