@@ -268,9 +268,11 @@ def profile_md(d: dict) -> list[str]:
     if top:
         lines += [f"relay drain with {prof['drain_workers']} worker(s), workers' main threads under cProfile "
                   f"(the driver's I/O thread and librdkafka's threads are not in it: see the thread split above), "
-                  f"{top['events']:,} events: **{top['total_own_us_per_event']} µs/event** of profiled own time "
-                  "(cProfile slows Python code, so these µs are larger than unprofiled ones; compare them with "
-                  "each other).", "",
+                  f"{top['events']:,} events: **{top['total_own_us_per_event']} µs/event** of profiled wall time "
+                  "in those threads (cProfile slows Python code, so these µs are larger than unprofiled ones; "
+                  "compare them with each other). Wall time, not CPU: waits show up too (a lock's `acquire` = "
+                  "waiting for the driver's I/O thread or a future, `poll`/`flush` = waiting for librdkafka); "
+                  "the large libraries are imported before the profiler starts.", "",
                   "| function | own µs/event | cumulative µs/event | calls/event |", "|---|---:|---:|---:|"]
         lines += [f"| `{r['function']}` | {r['own_us_per_event']:.2f} | {r['cum_us_per_event']:.2f} | "
                   f"{r['calls_per_event']:.3f} |" for r in top["top"]]
