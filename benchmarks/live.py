@@ -226,12 +226,13 @@ def run_live(stack: Stack, workdir: Path, run_id: str, *, vnodes: int, shards: i
                                          aggregate_type=name)
                 t_drain = time.monotonic()
                 topic = f"{run_id}.live.{name}"
-                while (_topic_end(stack.kafka, topic) < load.events
-                       and time.monotonic() - t_drain < DRAIN_S + conf + window):
+                while not (drained := _topic_end(stack.kafka, topic) >= load.events):
+                    if time.monotonic() - t_drain > DRAIN_S + conf + window:
+                        break
                     time.sleep(0.5)
                 cost = _Meter.between(a, meter.take(), extra_cpu_s=load.cpu_s)
                 state["points"][name] = {"load": load, "drain_s": round(time.monotonic() - t_drain, 1),
-                                         "cost": cost}
+                                         "drained": drained, "cost": cost}
             text = (_get(port, "/metrics") or b"").decode()
             state["metrics_missing"] = [m for m in (READS_METRIC, CHECKPOINTS_METRIC) if m not in text]
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -287,6 +288,9 @@ def _latency(stack: Stack, topic: str, p: dict, shape: dict) -> dict:
         "workers": shape["workers"],
         "tasks": shape["tasks"],
         "drain_s": p["drain_s"],
+        # False: relay had not published this point's events when the next phase began (they may have
+        # been published during it, which then ran with relay still behind)
+        "drained_in_time": p["drained"],
         "confidence_s": conf,
         "window_s": shape["window_s"],
         "poll_interval_s": shape["poll_interval_s"],

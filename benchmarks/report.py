@@ -234,6 +234,10 @@ def live_md(d: dict) -> list[str]:
                 f"{_fmt(p['p50_last_quarter_s'], 2)} | {'yes' if p['steady'] else '**no**'} | "
                 f"{p['distinct_ids']:,}/{p['events']:,}, {p['duplicates']} dup | "
                 f"{_fmt(p['relay_cpu_us_per_event'])} |")
+        for name, p in live["points"].items():
+            if not p.get("drained_in_time", True):
+                lines += ["", f"**Point `{name}`: relay had not published all its events {p['drain_s']:.0f} s after "
+                          "the load ended; the rest came later (the next phase ran with relay behind).**"]
         first = next(iter(live["points"].values()))
         lines += ["", f"Latency = broker LogAppendTime − `cdc_time` header, over {first['load_seconds'] or 0:.0f} s "
                   "of load per point (achieved = events / first → last write), then up to confidence + window + "
