@@ -45,11 +45,15 @@ lint: venv
 demo: venv stack-up
 	$(BIN)/python -m relay.demo
 
-## bench: throughput, baselines, latency and discovery on the local stack (see benchmarks/README.md).
-## BENCH_EVENTS, BENCH_WORKERS, BENCH_LATENCY_SECONDS, BENCH_PROFILE=1 tune it; kept out of `make test`.
+## bench: throughput, baselines, live mode at 768 tasks (idle cost; latency at half of max rate and at
+## 100 events/s, loadgen in processes of its own), discovery, supervisor loop; issue 9's targets with
+## pass/fail in benchmarks/results/latest.md|json (7-10 min on 2 cores; see benchmarks/README.md).
+## BENCH_EVENTS, BENCH_WORKERS, BENCH_IDLE_SECONDS, BENCH_LATENCY_SECONDS, BENCH_PROFILE=1 tune it,
+## BENCH_ARGS passes any other option (e.g. BENCH_ARGS='--out /tmp/b'). Only its smoke run is in `make test`.
+BENCH_ARGS ?=
 bench: venv stack-up
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	$(STACK) down

@@ -1,13 +1,13 @@
 """`python -m benchmarks` (what `make bench` runs): every measurement in one run, on the local stack.
 
-    python -m benchmarks                     # N=200,000, workers 1,2,4, 60 s latency
-    python -m benchmarks --events 20000 --workers 1,2 --latency-seconds 20
-    python -m benchmarks --smoke             # tiny: checks the suite end to end in about a minute
+    python -m benchmarks                     # N=200,000, workers 1,2,4; live mode at 768 tasks
+    python -m benchmarks --events 20000 --workers 1,2 --latency-seconds 20 --idle-seconds 10
+    python -m benchmarks --smoke             # tiny: checks the suite end to end in about two minutes
     python -m benchmarks --skip naive,discovery
 
 Environment defaults: BENCH_EVENTS, BENCH_AGGREGATES, BENCH_WORKERS, BENCH_LATENCY_SECONDS,
-BENCH_NAIVE_EVENTS; BENCH_PROFILE=1 runs relay's workers under cProfile (see profiling.py).
-See benchmarks/README.md for how to read the output.
+BENCH_IDLE_SECONDS, BENCH_NAIVE_EVENTS; BENCH_PROFILE=1 runs relay's workers under cProfile
+(see profiling.py). See benchmarks/README.md for how to read the output.
 """
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ from pathlib import Path
 from benchmarks import common
 from benchmarks.common import Stack, log
 
-STEPS = ("raw-read", "raw-produce", "relay", "what-if", "naive", "latency", "discovery")
+# live = idle + latency (one relay process); --skip idle or latency drops one half of it.
+STEPS = ("raw-read", "raw-produce", "relay", "what-if", "naive", "idle", "latency", "live", "discovery",
+         "supervisor-loop")
+# The live run's relay settings in a smoke run (a full run uses relay's defaults): small windows keep it short.
+SMOKE_LIVE_SETTINGS = "window_seconds=1,confidence_seconds=2,poll_interval_seconds=0.1"
 DEFAULT_OUT = common.REPO / "benchmarks" / "results"
 # What-if runs: relay unchanged, one config override, at 1 worker and the best worker count
 # (skip with --skip what-if).
@@ -44,14 +48,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vnodes", type=int, default=256,
                    help="vnodes of the backlog's generation (default 256: one Scylla node's num_tokens)")
     p.add_argument("--shards", type=int, default=2, help="shards per vnode = streams per task (default 2)")
+    p.add_argument("--live-vnodes", type=int, default=None,
+                   help="vnodes of the live run's generation (default 768: 3 nodes x 256 vnodes; smoke: 16)")
+    p.add_argument("--live-shards", type=int, default=4, help="shards per vnode in the live run (default 4)")
+    p.add_argument("--live-workers", "--latency-workers", dest="live_workers", type=int, default=None,
+                   help="relay workers in the live run (default: relay's default, [relay] workers = CPU count)")
+    p.add_argument("--live-settings", default=None,
+                   help="comma-separated [relay] overrides for the live run, e.g. window_seconds=1 (default none: "
+                        f"relay's defaults; smoke: {SMOKE_LIVE_SETTINGS})")
+    p.add_argument("--idle-seconds", type=float, default=None,
+                   help="idle measurement (default $BENCH_IDLE_SECONDS or 30; smoke: 3)")
     p.add_argument("--latency-seconds", type=float, default=None,
-                   help="steady-load duration (default $BENCH_LATENCY_SECONDS or 60; smoke: 5)")
+                   help="load duration of each latency point (default $BENCH_LATENCY_SECONDS or 60; smoke: 5)")
     p.add_argument("--latency-rate", type=float, default=None,
-                   help="events/s for the latency run (default: half of relay's best, capped at loadgen's rate)")
-    p.add_argument("--latency-workers", type=int, default=None, help="default: the best worker count")
-    p.add_argument("--latency-light-rate", type=float, default=100.0,
-                   help="if relay does not keep up at the main latency rate, measure again at this rate "
-                        "(default 100 events/s; 0 = don't)")
+                   help="events/s of the first latency point (default: half of relay's best drain rate)")
+    p.add_argument("--latency-low-rate", "--latency-light-rate", dest="latency_low_rate", type=float,
+                   default=100.0, help="events/s of the second latency point (default 100; 0 = don't run it)")
+    p.add_argument("--loadgen-processes", type=int, default=0,
+                   help="loadgen processes per latency point (default 0: enough for the rate, at most 4)")
     p.add_argument("--naive-events", type=int, default=None, help="default $BENCH_NAIVE_EVENTS or 5000 (smoke: 100)")
     p.add_argument("--discovery-vnodes", type=int, default=768)
     p.add_argument("--discovery-shards", type=int, default=8)
@@ -70,9 +84,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.workers = [int(w) for w in workers.split(",") if w.strip()]
     if a.latency_seconds is None:
         a.latency_seconds = 5.0 if smoke else float(os.environ.get("BENCH_LATENCY_SECONDS", 60))
+    if a.idle_seconds is None:
+        a.idle_seconds = 3.0 if smoke else float(os.environ.get("BENCH_IDLE_SECONDS", 30))
     a.naive_events = a.naive_events or (100 if smoke else _env_int("BENCH_NAIVE_EVENTS", 5000))
     if smoke and a.vnodes == 256:
         a.vnodes = 16
+    a.live_vnodes = a.live_vnodes or (16 if smoke else 768)
+    if a.live_settings is None:
+        a.live_settings = SMOKE_LIVE_SETTINGS if smoke else ""
+    try:
+        a.live_settings = _settings(a.live_settings)
+    except ValueError as exc:
+        p.error(f"--live-settings: {exc}")
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     unknown = a.skip - set(STEPS)
     if unknown:
@@ -83,6 +106,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.profile:
         os.environ["BENCH_PROFILE"] = "1"
     return a
+
+
+def _settings(text: str) -> dict:
+    """'window_seconds=1,start_from=now' -> {"window_seconds": 1.0, "start_from": "now"}."""
+    out: dict = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"run_id": run_id, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "smoke": args.smoke,
                      "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
                               for k, v in vars(args).items()},
-                     "notes": [], "errors": {}}
-    log(f"run {run_id}: {args.events:,} events, workers {args.workers}, latency {args.latency_seconds:.0f}s; "
+                     "notes": [], "errors": {},
+                     "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)])}
+    log(f"run {run_id}: {args.events:,} events, workers {args.workers}; live mode on {args.live_vnodes} vnodes x "
+        f"{args.live_shards} shards: idle {args.idle_seconds:.0f}s, latency {args.latency_seconds:.0f}s per point; "
         f"work files in {workdir}")
     results["machine"] = common.machine_info(stack)
     t_all = time.monotonic()
@@ -143,28 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         r = step("naive", lambda: baselines.run_naive(stack, workdir, bl, args.naive_events))
         if r:
             results["naive"] = r
-        if "latency" not in args.skip:
-            from benchmarks import latency
-
-            rate, why = latency_rate(args, results, bl)
-            workers = args.latency_workers or _best_workers(results) or max(args.workers)
-            results["notes"].append(f"latency load: {why}")
-            r = step("latency", lambda: latency.run_latency(stack, workdir, run_id, rate=rate,
-                                                            seconds=args.latency_seconds, workers=workers,
-                                                            aggregates=args.aggregates,
-                                                            payload_bytes=args.payload_bytes))
+        if "live" not in args.skip and not {"idle", "latency"} <= args.skip:
+            r = step("live", lambda: run_live(args, results, bl, stack, workdir, run_id))
             if r:
-                results["latency"] = r
-            light = args.latency_light_rate
-            if r and not r["steady"] and light and light < rate:
-                results["notes"].append(f"relay did not keep up at {rate:,.0f} events/s with the latency config; "
-                                        f"a second latency point ran at a light load of {light:,.0f} events/s")
-                r2 = step("latency", lambda: latency.run_latency(stack, workdir, run_id, rate=light,
-                                                                 seconds=args.latency_seconds, workers=workers,
-                                                                 aggregates=args.aggregates,
-                                                                 payload_bytes=args.payload_bytes, tag="light"))
-                if r2:
-                    results["latency_light"] = r2
+                results["live"] = r
         if "discovery" not in args.skip:
             from benchmarks import discovery
 
@@ -172,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                 stack, workdir, f"{run_id}_disc", vnodes=args.discovery_vnodes, shards=args.discovery_shards))
             if r:
                 results["discovery"] = r
+        r = step("supervisor-loop", lambda: supervisor_loop(results, workdir))
+        if r:
+            results["supervisor_loop"] = r
         if os.environ.get("BENCH_PROFILE"):
-            results["profiles"] = summarize_profiles(workdir, args.out)
+            results["profile"] = profile_results(results, workdir, args.out)
     finally:
         results["total_s"] = round(time.monotonic() - t_all, 1)
         end_rev = common._relay_revision()
@@ -207,17 +231,52 @@ def _best_workers(results: dict) -> int | None:
 def latency_rate(args, results: dict, bl) -> tuple[float, str]:
     if args.latency_rate:
         return args.latency_rate, f"{args.latency_rate:,.0f} events/s (--latency-rate)"
-    loadgen_max = bl.load_events_per_s
     runs = results.get("relay") or {}
     if not runs:
-        rate = loadgen_max / 4
-        return rate, f"{rate:,.0f} events/s = a quarter of loadgen's rate (no relay throughput measured)"
+        rate = bl.load_events_per_s / 2
+        return rate, f"{rate:,.0f} events/s = half of loadgen's backlog rate (no relay throughput measured)"
     best = max(r["events_per_s"] for r in runs.values())
-    half = best / 2
-    if half > loadgen_max:
-        return loadgen_max, (f"{loadgen_max:,.0f} events/s: half of relay's best ({half:,.0f}/s) is more than "
-                             f"loadgen wrote during the backlog, so loadgen's rate caps it")
-    return half, f"{half:,.0f} events/s = half of relay's best throughput ({best:,.0f}/s)"
+    return best / 2, f"{best / 2:,.0f} events/s = half of relay's best drain rate ({best:,.0f}/s)"
+
+
+def run_live(args, results: dict, bl, stack: Stack, workdir: Path, run_id: str) -> dict:
+    """Idle cost, then the latency points, in one relay process on a live_vnodes x live_shards generation."""
+    from benchmarks import live, loadproc
+
+    points = []
+    if "latency" not in args.skip:
+        rate, why = latency_rate(args, results, bl)
+        procs = args.loadgen_processes or loadproc.processes_for(rate, bl.load_events_per_s)
+        results["notes"].append(f"latency point 'half': {why}, written by {procs} loadgen process(es) "
+                                f"(one process wrote {bl.load_events_per_s:,.0f}/s during the backlog)")
+        points.append(("half", rate, procs))
+        low = args.latency_low_rate
+        if low:
+            points.append(("low", low, args.loadgen_processes or loadproc.processes_for(low, bl.load_events_per_s)))
+    if args.live_settings:
+        results["notes"].append("the live run's relay settings were overridden: "
+                                + ", ".join(f"{k} = {v}" for k, v in args.live_settings.items())
+                                + " (figures are not at relay's defaults)")
+    return live.run_live(stack, workdir, run_id, vnodes=args.live_vnodes, shards=args.live_shards,
+                         workers=args.live_workers, idle_seconds=0.0 if "idle" in args.skip else args.idle_seconds,
+                         points=points, seconds=args.latency_seconds, aggregates=args.aggregates,
+                         payload_bytes=args.payload_bytes, settings=args.live_settings)
+
+
+def supervisor_loop(results: dict, workdir: Path, tasks: int = 3072, workers: int = 16) -> dict | None:
+    """benchmarks/supervisor_loop.py's measure(tasks, workers), in a fresh process; a note if it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("benchmarks.supervisor_loop") is None:
+        results["notes"].append("benchmarks/supervisor_loop.py is missing: supervisor_loop_ms_3072x16 was not "
+                                "measured")
+        return None
+    log(f"supervisor loop: {tasks} tasks x {workers} workers (benchmarks.supervisor_loop, no services)")
+    code = ("import json, sys\nfrom benchmarks.supervisor_loop import measure\n"
+            f"sys.stdout.write(json.dumps(measure(tasks={tasks}, workers={workers})) + '\\n')\n")
+    out = common.run_json([common.python(), "-c", code], log_path=workdir / "supervisor-loop.log", timeout=900)
+    log(f"supervisor loop: {out}")
+    return out
 
 
 def standing_notes(args, results: dict) -> list[str]:
@@ -233,6 +292,19 @@ def standing_notes(args, results: dict) -> list[str]:
     if args.smoke:
         notes.insert(0, "SMOKE RUN: tiny sizes, numbers are meaningless.")
     return notes
+
+
+def profile_results(results: dict, workdir: Path, out: Path) -> dict:
+    """Summaries of every profile of the run, and where the per-event time of the best drain went."""
+    from benchmarks.profiling import top_functions
+
+    prof: dict = {"files": summarize_profiles(workdir, out)}
+    best = _best_workers(results)
+    if best is not None:
+        prof["drain_workers"] = best
+        prof["drain"] = top_functions(sorted((workdir / f"profile-w{best}").glob("worker*.prof")),
+                                      results["backlog"]["events"])
+    return prof
 
 
 def summarize_profiles(workdir: Path, out: Path) -> dict:

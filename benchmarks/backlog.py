@@ -4,7 +4,7 @@ with 1, 2, 4 … workers, each run with a fresh relay keyspace, Redis prefix and
 Measured per run: wall time (process start → exit), when publishing began and ended (the
 first/last record's broker LogAppendTime), CPU of relay's processes (wait4 rusage of the
 supervisor, which reaps its workers; /proc samples per process and per thread), peak RSS
-per worker (VmHWM), Redis memory per dedup key, and delivery (records in the topic,
+per worker (VmHWM), Redis memory per delivered event, and delivery (records in the topic,
 distinct `id` headers, duplicates).
 """
 from __future__ import annotations
@@ -86,11 +86,14 @@ def until_iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
 
 
-def relay_command(config: Path, workers: int, until_us: int | None) -> list[str]:
-    """`python -m relay run …`, or the same through benchmarks.profiling when BENCH_PROFILE is set
-    (each worker then runs under cProfile and leaves a .prof file in BENCH_PROFILE_DIR)."""
+def relay_command(config: Path, workers: int | None, until_us: int | None) -> list[str]:
+    """`python -m relay run …` (workers None: relay's default), or the same through
+    benchmarks.profiling when BENCH_PROFILE is set (each worker then runs under cProfile and
+    leaves a .prof file in BENCH_PROFILE_DIR)."""
     module = "benchmarks.profiling" if os.environ.get("BENCH_PROFILE") else "relay"
-    cmd = [common.python(), "-m", module, "run", "--config", str(config), "--workers", str(workers)]
+    cmd = [common.python(), "-m", module, "run", "--config", str(config)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     if until_us is not None:
         cmd += ["--until", until_iso(until_us)]
     return cmd
@@ -133,8 +136,7 @@ def run_relay(stack: Stack, workdir: Path, backlog: Backlog, workers: int, *, va
         raise RuntimeError(f"relay {tag} exited with {run.returncode}:\n{tail}")
     common.remove_metrics_dir(run.sampler.root)
     mem_after = common.redis_used_memory(r)
-    keys = common.redis_keys(r, prefix)
-    key_bytes = common.redis_key_sample_bytes(r, keys)
+    keys = common.redis_key_count(r, prefix)
     topic_rep = common.read_topic(stack.kafka, topic)
     n = backlog.events
     s = run.sampler
@@ -164,10 +166,12 @@ def run_relay(stack: Stack, workdir: Path, backlog: Backlog, workers: int, *, va
         "worker_peak_rss_mb": [round(p.hwm_kb / 1024, 1) for p in workers_s],
         "supervisor_peak_rss_mb": round(max((p.hwm_kb for p in sup), default=0) / 1024, 1),
         "worker_processes_seen": len(workers_s),
-        "redis_keys": len(keys),
+        # Per delivered event, whatever the dedup format (a key per event, or members of shared sets):
+        # used_memory after - before the run (other clients of the same Redis add noise).
+        "redis_keys": keys,
         "redis_used_memory_delta_bytes": mem_after - mem_before,
-        "redis_bytes_per_key": round((mem_after - mem_before) / len(keys), 1) if keys else None,
-        "redis_memory_usage_per_key": round(key_bytes, 1) if key_bytes else None,
+        "redis_bytes_per_event": (round((mem_after - mem_before) / topic_rep.distinct_ids, 1)
+                                  if topic_rep.distinct_ids else None),
         "delivered": topic_rep.to_dict(),
         "complete": topic_rep.distinct_ids == n and topic_rep.duplicates == 0,
         "machine_cpu": run.machine,

@@ -57,12 +57,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The [relay] settings of the drain runs, written out so the throughput figures stay comparable
+# when relay's defaults move. Live-mode runs (idle, latency) use relay's defaults instead.
+DRAIN_RELAY_SETTINGS = {"window_seconds": 10, "confidence_seconds": 10, "poll_interval_seconds": 0.5,
+                        "shutdown_timeout_seconds": 60, "generation_poll_seconds": 10}
+
+
 def write_config(path: Path, stack: Stack, *, keyspace: str, relay_keyspace: str, tables: list[str], topic: str,
-                 key_prefix: str, relay: dict | None = None, partitions: int = 6) -> Path:
+                 key_prefix: str, relay: dict | None = None, partitions: int = 6, defaults: bool = False) -> Path:
     """A relay.toml: the outbox tables and the emulated generation tables live in `keyspace`
-    (cdc_metadata_keyspace = tablets_metadata_keyspace = keyspace, as tests/harness.py does)."""
-    section = {"window_seconds": 10, "confidence_seconds": 10, "poll_interval_seconds": 0.5,
-               "shutdown_timeout_seconds": 60, "generation_poll_seconds": 10, **(relay or {})}
+    (cdc_metadata_keyspace = tablets_metadata_keyspace = keyspace, as tests/harness.py does).
+    defaults=True: [relay] holds only `relay` (everything else at relay's defaults)."""
+    section = {**({} if defaults else DRAIN_RELAY_SETTINGS), **(relay or {})}
     relay_lines = "\n".join(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v!r}" for k, v in section.items())
     table_lines = "\n".join(f'[[tables]]\nname = "{t}"\ntopic = "{topic}"\n' for t in tables)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,20 +256,9 @@ def redis_used_memory(r) -> int:
     return int(r.info("memory")["used_memory"])
 
 
-def redis_keys(r, prefix: str) -> list[bytes]:
-    return list(r.scan_iter(match=prefix.encode() + b"*", count=5000))
-
-
-def redis_key_sample_bytes(r, keys: list[bytes], n: int = 200) -> float | None:
-    """Mean `MEMORY USAGE` of up to n keys (the key's own allocation, without the keyspace dict growth)."""
-    sample = keys[:: max(1, len(keys) // n)][:n]
-    if not sample:
-        return None
-    pipe = r.pipeline(transaction=False)
-    for k in sample:
-        pipe.memory_usage(k, samples=0)
-    sizes = [s for s in pipe.execute() if s is not None]
-    return sum(sizes) / len(sizes) if sizes else None
+def redis_key_count(r, prefix: str) -> int:
+    """Keys under a prefix, whatever they hold (one per event, or sets of many): for the record only."""
+    return sum(1 for _ in r.scan_iter(match=prefix.encode() + b"*", count=5000))
 
 
 def redis_delete_prefix(stack: Stack, prefix: str) -> int:
@@ -395,12 +390,55 @@ def machine_cpu_s() -> tuple[float, float]:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK, steal / CLK_TCK
 
 
+_SERVICE_PIDS: list[int] | None = None
+
+
+def service_pids() -> list[int]:
+    """The local stack's services (Cassandra, Kafka, Redis): pids from $RELAY_STACK_DIR (default
+    .stack/) pid files, else (a git worktree whose stack runs from another checkout) the owners
+    of the sockets listening on the stack's ports. Found once per run."""
+    global _SERVICE_PIDS
+    if _SERVICE_PIDS is None:
+        state = Path(os.environ.get("RELAY_STACK_DIR", REPO / ".stack"))
+        pids = [(_read(str(state / f"{name}.pid")) or "").strip().split("\n")[0] for name in
+                ("cassandra", "kafka", "redis")]
+        found = [int(p) for p in pids if p.isdigit() and os.path.exists(f"/proc/{p}")]
+        if not found:
+            s = Stack.from_env()
+            found = _listening_pids({s.cql_port, int(s.kafka.rsplit(":", 1)[1]),
+                                     int(s.redis_url.rsplit(":", 1)[1].split("/")[0])})
+        _SERVICE_PIDS = found
+    return _SERVICE_PIDS
+
+
+def _listening_pids(ports: set[int]) -> list[int]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in (_read(table) or "").splitlines()[1:]:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) in ports:
+                inodes.add(f"socket:[{f[9]}]")
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    pids.append(int(pid))
+                    break
+            except OSError:
+                continue
+    return pids
+
+
 def services_cpu_s() -> float:
-    """CPU seconds so far of the local stack's services (Cassandra, Kafka, Redis; pids from .stack/*.pid)."""
+    """CPU seconds so far of the local stack's services (Cassandra, Kafka, Redis)."""
     total = 0.0
-    for name in ("cassandra", "kafka", "redis"):
-        pid = (_read(str(REPO / ".stack" / f"{name}.pid")) or "").strip()
-        stat = _read(f"/proc/{pid}/stat") if pid.isdigit() else None
+    for pid in service_pids():
+        stat = _read(f"/proc/{pid}/stat")
         if stat:
             f = _stat_fields(stat)
             total += (int(f[11]) + int(f[12])) / CLK_TCK

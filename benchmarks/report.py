@@ -7,42 +7,81 @@ from pathlib import Path
 
 def summary(results: dict) -> dict:
     """The headline keys (stable names, for tests and dashboards) on top of the detailed results."""
+    from benchmarks import targets
+
     relay_runs = results.get("relay", {})
     rates = {str(w): r["events_per_s"] for w, r in relay_runs.items()}
     best_w, best = max(rates.items(), key=lambda kv: kv[1]) if rates else (None, None)
+    cpu = {str(w): r["cpu_us_per_event"] for w, r in relay_runs.items()}
+    cheapest_w = min(cpu, key=cpu.get) if cpu else None
     raw_read = results.get("raw_read", {}).get("events_per_s")
     raw_produce = results.get("raw_produce", {}).get("events_per_s")
     naive = results.get("naive", {}).get("events_per_s")
-    lat = results.get("latency", {})
+    live = results.get("live", {})
+    shape = live.get("shape", {})
+    idle = live.get("idle") or {}
+    half = live.get("points", {}).get("half", {})
+    low = live.get("points", {}).get("low", {})
+    at_768 = shape.get("vnodes") == 768
     disc = results.get("discovery", {})
+    sup = results.get("supervisor_loop", {})
+    redis_per_event = _median([r.get("redis_bytes_per_event") for r in relay_runs.values()])
     out = {
         "relay_events_per_s": rates,
         "relay_best_workers": int(best_w) if best_w else None,
         "relay_publish_span_events_per_s": {str(w): (round(results["backlog"]["events"] / r["publish_span_s"], 1)
                                                      if r.get("publish_span_s") else None)
                                             for w, r in relay_runs.items()},
-        "relay_cpu_us_per_event": {str(w): r["cpu_us_per_event"] for w, r in relay_runs.items()},
+        "relay_cpu_us_per_event": cpu,
         "relay_cpu_s_per_1000_events": {str(w): r["cpu_s_per_1000_events"] for w, r in relay_runs.items()},
         "relay_worker_peak_rss_mb": {str(w): max(r["worker_peak_rss_mb"] or [0]) for w, r in relay_runs.items()},
-        "redis_bytes_per_dedup_key": _first(r.get("redis_bytes_per_key") for r in relay_runs.values()),
+        # the worker count with the least CPU per event (the issue's "best worker count" for CPU)
+        "cpu_us_per_event_best": cpu[cheapest_w] if cheapest_w else None,
+        "cpu_us_per_event_best_workers": int(cheapest_w) if cheapest_w else None,
+        # Redis: used_memory growth per delivered event (one dedup entry each, whatever the format); median of drains
+        "redis_bytes_per_event": redis_per_event,
+        "redis_bytes_per_key": redis_per_event,
+        "redis_bytes_per_dedup_key": redis_per_event,
         "raw_read_events_per_s": raw_read,
         "raw_produce_events_per_s": raw_produce,
         "naive_events_per_s": naive,
         "relay_vs_raw_read": _ratio(best, raw_read),
         "relay_vs_raw_produce": _ratio(best, raw_produce),
         "relay_vs_naive": _ratio(best, naive),
-        "latency_p50_s": lat.get("p50_s"),
-        "latency_p95_s": lat.get("p95_s"),
-        "latency_p99_s": lat.get("p99_s"),
-        "latency_rate": lat.get("achieved_rate"),
-        "latency_light_rate": results.get("latency_light", {}).get("achieved_rate"),
-        "latency_light_p50_s": results.get("latency_light", {}).get("p50_s"),
-        "latency_light_p99_s": results.get("latency_light", {}).get("p99_s"),
-        "latency_light_steady": results.get("latency_light", {}).get("steady"),
-        "latency_steady": lat.get("steady"),
-        "latency_idle_cpu_cores": lat.get("idle_cpu_cores"),
-        "latency_idle_windows_per_s": lat.get("idle_windows_per_s"),
-        "confidence_s": lat.get("confidence_s"),
+        # live mode: one relay with default settings on vnodes x shards tasks (768 x 4 in a full run)
+        "live_vnodes": shape.get("vnodes"),
+        "live_shards": shape.get("shards"),
+        "live_tasks": shape.get("tasks"),
+        "live_workers": shape.get("workers"),
+        "idle_cpu_cores": idle.get("cpu_cores"),
+        "idle_reads_per_s": idle.get("reads_per_s"),
+        "idle_checkpoints_per_s": idle.get("checkpoints_per_s"),
+        "idle_cpu_cores_768": idle.get("cpu_cores") if at_768 else None,
+        "idle_reads_per_s_768": idle.get("reads_per_s") if at_768 else None,
+        "idle_checkpoints_per_s_768": idle.get("checkpoints_per_s") if at_768 else None,
+        "confidence_s": shape.get("confidence_s"),
+        **_point_keys("latency_768", half if at_768 else {}),
+        **_point_keys("latency_768_low_rate", low if at_768 else {}),
+        # the same figures for whatever the live run's size was (smoke: a few vnodes)
+        "latency_p50_s": half.get("p50_s"),
+        "latency_p95_s": half.get("p95_s"),
+        "latency_p99_s": half.get("p99_s"),
+        "latency_p99_over_confidence_s": half.get("p99_over_confidence_s"),
+        "latency_asked_rate": half.get("asked_rate"),
+        "latency_rate": half.get("achieved_rate"),
+        "latency_steady": half.get("steady"),
+        "latency_low_rate_asked_rate": low.get("asked_rate"),
+        "latency_low_rate": low.get("achieved_rate"),
+        "latency_low_rate_p50_s": low.get("p50_s"),
+        "latency_low_rate_p99_s": low.get("p99_s"),
+        "latency_low_rate_p99_over_confidence_s": low.get("p99_over_confidence_s"),
+        "latency_low_rate_steady": low.get("steady"),
+        "latency_idle_cpu_cores": idle.get("cpu_cores"),
+        "latency_idle_windows_per_s": idle.get("reads_per_s"),
+        "supervisor_loop_ms_3072x16": (sup.get("idle_loop_ms") if (sup.get("tasks"), sup.get("workers"))
+                                       == (3072, 16) else None),
+        "supervisor_change_loop_ms_3072x16": (sup.get("change_loop_ms") if (sup.get("tasks"), sup.get("workers"))
+                                              == (3072, 16) else None),
         # 768 vnodes x 8 shards = 6,144 streams nominally; Scylla (and the emulation) give no stream to a
         # shard owning no token of a short vnode range, so the real count is a little lower (see streams).
         "discovery_6144_streams_s": (disc.get("total_s") if (disc.get("vnodes"), disc.get("shards")) == (768, 8)
@@ -56,7 +95,26 @@ def summary(results: dict) -> dict:
             results.get(k, {}).get("complete", True) for k in ("raw_produce", "naive")),
         "machine": results.get("machine", {}),
     }
+    out["targets"] = targets.evaluate(out)
     return {**out, "details": results}
+
+
+def _point_keys(prefix: str, p: dict) -> dict:
+    """The headline figures of one latency point under `prefix` (all None when it did not run)."""
+    return {f"{prefix}_p50_s": p.get("p50_s"), f"{prefix}_p99_s": p.get("p99_s"),
+            f"{prefix}_p99_censored": p.get("p99_censored"),
+            f"{prefix}_p99_over_confidence_s": p.get("p99_over_confidence_s"),
+            f"{prefix}_p99_over_confidence_s_censored": p.get("p99_censored"),
+            f"{prefix}_asked_rate": p.get("asked_rate"), f"{prefix}_achieved_rate": p.get("achieved_rate"),
+            f"{prefix}_steady": p.get("steady")}
+
+
+def _median(values):
+    xs = sorted(v for v in values if v is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else round((xs[mid - 1] + xs[mid]) / 2, 1)
 
 
 def _ratio(a, b):
@@ -82,6 +140,154 @@ def _fmt(x, nd: int = 0, unit: str = "") -> str:
     return str(x)
 
 
+def _target_value(t: dict) -> str:
+    if t["censored"]:
+        return "never (events undelivered)"
+    v = t["value"]
+    if v is None:
+        return "not measured"
+    return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.1f}"
+
+
+def _g(x) -> str:
+    return "–" if x is None else format(x, ",g")
+
+
+def _bound(x, lower: bool) -> str:
+    return "–" if x is None else f"{'≤' if lower else '≥'} {_g(x)}"
+
+
+def _verdict(t: dict) -> str:
+    if t["pass"] is None:
+        return "–"
+    if t["moonshot_pass"]:
+        return "**pass (moonshot)**"
+    return "**pass**" if t["pass"] else "**FAIL**"
+
+
+def targets_md(s: dict) -> list[str]:
+    smoke = ["**SMOKE RUN: tiny sizes, the figures and verdicts mean nothing.**", ""] if s["details"].get("smoke") \
+        else []
+    lines = ["## Targets (issue 9)", "", *smoke,
+             "| figure | key | this run | today (d36b8fc) | target | moonshot | result |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for key, t in s["targets"].items():
+        lower = t["better"] == "lower"
+        lines.append(f"| {t['label']} ({t['unit']}) | `{key}` | {_target_value(t)} | {_g(t['today'])} | "
+                     f"{_bound(t['target'], lower)} | {_bound(t['moonshot'], lower)} | {_verdict(t)} |")
+    lines += ["", "Notes on the figures: " + "; ".join(f"`{k}`: {t['note']}" for k, t in s["targets"].items()
+                                                      if t["note"]) + ".", ""]
+    return lines
+
+
+def live_md(d: dict) -> list[str]:
+    live = d.get("live")
+    if not live:
+        return []
+    sh = live["shape"]
+    over = sh.get("settings_overridden") or {}
+    settings = ("default `[relay]` settings except " + ", ".join(f"`{k} = {v}`" for k, v in over.items())
+                if over else "DEFAULT `[relay]` settings")
+    lines = [f"## Live mode: {sh['tasks']} tasks, {'overridden' if over else 'default'} settings", "",
+             f"One `relay run` with {settings} ({sh['workers']} workers, window {sh['window_s']} s, "
+             f"confidence {sh['confidence_s']} s, poll {sh['poll_interval_s']} s, start_from {sh['start_from']}) on "
+             f"a table of its own whose generation has {sh['vnodes']} vnodes × {sh['shards']} shards = "
+             f"{sh['streams']:,} streams ({sh['tasks']} tasks: 3 nodes × 256 vnodes when 768). relay was ready "
+             f"{_fmt(live.get('ready_s'), 1)} s after start; every task was within confidence + window + poll of "
+             f"now {_fmt(live.get('catch_up_s'), 1)} s later.", ""]
+    rows = []
+    idle = live.get("idle")
+    if idle:
+        rows.append(("idle (no traffic)", idle))
+    for name, p in live["points"].items():
+        rows.append((f"{name}: {_fmt(p['asked_rate'])}/s asked", p["cost"]))
+    if rows:
+        lines += ["relay's own cost (all its processes, from /proc; reads = `relay_cql_read_duration_seconds_count`, "
+                  "checkpoints = `relay_checkpoint_writes_total`, both from relay's /metrics):", "",
+                  "| phase | s | relay cores | supervisor / workers cores | worker threads main / librdkafka / "
+                  "other cores | CQL reads/s | checkpoints/s | machine busy / services / measured / other cores |",
+                  "|---|---:|---:|---|---|---:|---:|---|"]
+        for label, c in rows:
+            r = c["cpu_cores_by_role"]
+            t = c["worker_thread_cores"]
+            lines.append(f"| {label} | {c['seconds']:.0f} | **{c['cpu_cores']:.3f}** | "
+                         f"{r.get('supervisor', 0):.3f} / {r.get('worker', 0):.3f} | "
+                         f"{t['main']:.3f} / {t['librdkafka']:.3f} / {t['other']:.3f} | "
+                         f"{_fmt(c['reads_per_s'], 1)} | {_fmt(c['checkpoints_per_s'], 1)} | "
+                         f"{_cores(c.get('machine_cpu'))} |")
+        lines += ["", "Under load, *measured* includes the loadgen processes (their CPU is in the point's table)."
+                  + (f" **Not seen on relay's /metrics: {', '.join(live['metrics_missing'])}** (read as 0)."
+                     if live.get("metrics_missing") else ""), ""]
+    if live["points"]:
+        lines += ["### Latency (steady load from loadgen processes of their own)", "",
+                  "| point | asked | achieved | loadgen processes (CPU s) | p50 s | p95 s | p99 s | **p99 − confidence "
+                  "s** | max seen s | p50 first / last quarter s | steady | delivered | relay CPU µs/event |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|---:|"]
+        for name, p in live["points"].items():
+            never = f"> {_fmt(p['max_observed_s'], 1)} (never)"
+            pct = [never if p.get(f"{q}_censored") else _fmt(p[f"{q}_s"], 3) for q in ("p50", "p95", "p99")]
+            over = "never" if p.get("p99_censored") else _fmt(p["p99_over_confidence_s"], 3)
+            lines.append(
+                f"| {name} | {_fmt(p['asked_rate'])}/s | {_fmt(p['achieved_rate'])}/s | "
+                f"{p['loadgen_processes']} ({p['loadgen_cpu_s']:.1f}) | {' | '.join(pct)} | **{over}** | "
+                f"{_fmt(p['max_observed_s'], 3)} | {_fmt(p['p50_first_quarter_s'], 2)} / "
+                f"{_fmt(p['p50_last_quarter_s'], 2)} | {'yes' if p['steady'] else '**no**'} | "
+                f"{p['distinct_ids']:,}/{p['events']:,}, {p['duplicates']} dup | "
+                f"{_fmt(p['relay_cpu_us_per_event'])} |")
+        for name, p in live["points"].items():
+            if not p.get("drained_in_time", True):
+                lines += ["", f"**Point `{name}`: relay had not published all its events {p['drain_s']:.0f} s after "
+                          "the load ended; the rest came later (the next phase ran with relay behind).**"]
+        first = next(iter(live["points"].values()))
+        lines += ["", f"Latency = broker LogAppendTime − `cdc_time` header, over {first['load_seconds'] or 0:.0f} s "
+                  "of load per point (achieved = events / first → last write), then up to confidence + window + "
+                  "60 s for relay to publish the rest; an event still unpublished then counts as slower than all "
+                  "(\"never\"). The confidence window is the floor: a row is read only once it is that old. "
+                  "*Steady* = the last quarter's p50 is within 1 s of the first quarter's. The points run one "
+                  "after the other in the same relay process, each into a topic of its own.", ""]
+    return lines
+
+
+def supervisor_md(d: dict) -> list[str]:
+    sup = d.get("supervisor_loop")
+    if not sup:
+        return []
+    keys = [k for k in ("idle_loop_ms", "idle_loop_p99_ms", "change_loop_ms", "assign_ms", "first_plan_ms",
+                        "progress_msg_ms", "status_ms", "assign_bytes_max", "moved_other_tables") if k in sup]
+    return ["## Supervisor loop at scale (`benchmarks/supervisor_loop.py`, no services)", "",
+            f"{sup.get('tasks')} tasks ({sup.get('tables')} tables) × {sup.get('workers')} workers.", "",
+            "| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys),
+            "| " + " | ".join(_fmt(sup[k], 3) if isinstance(sup[k], float) else _fmt(sup[k]) for k in keys) + " |",
+            ""]
+
+
+def profile_md(d: dict) -> list[str]:
+    prof = d.get("profile")
+    if not prof:
+        return ["## Profile", "", "Not profiled in this run: `BENCH_PROFILE=1 make bench` (or `--profile`) runs "
+                "relay's workers, its supervisor loop and the baselines under cProfile and adds where the per-event "
+                "time of the best drain goes here.", ""]
+    lines = ["## Profile: where the per-event time goes", ""]
+    top = prof.get("drain")
+    if top:
+        lines += [f"relay drain with {prof['drain_workers']} worker(s), workers' main threads under cProfile "
+                  f"(the driver's I/O thread and librdkafka's threads are not in it: see the thread split above), "
+                  f"{top['events']:,} events: **{top['total_own_us_per_event']} µs/event** of profiled wall time "
+                  "in those threads (cProfile slows Python code, so these µs are larger than unprofiled ones; "
+                  "compare them with each other). Wall time, not CPU: waits show up too (a lock's `acquire` = "
+                  "waiting for the driver's I/O thread or a future, `poll`/`flush` = waiting for librdkafka); "
+                  "the large libraries are imported before the profiler starts.", "",
+                  "| function | own µs/event | cumulative µs/event | calls/event |", "|---|---:|---:|---:|"]
+        lines += [f"| `{r['function']}` | {r['own_us_per_event']:.2f} | {r['cum_us_per_event']:.2f} | "
+                  f"{r['calls_per_event']:.3f} |" for r in top["top"]]
+        lines.append("")
+    files = prof.get("files") or {}
+    if files:
+        lines += ["Full summaries (top functions by own and by cumulative time): "
+                  + ", ".join(f"`{Path(f).name}`" for f in files.values()) + " beside this file.", ""]
+    return lines
+
+
 def markdown(s: dict) -> str:
     d = s["details"]
     m = s["machine"]
@@ -95,9 +301,10 @@ def markdown(s: dict) -> str:
         f"Kafka {m.get('kafka')}, Redis {m.get('redis')} on the same machine (loopback). Load average at start: "
         f"{m.get('load_average_at_start')}. relay at commit `{m.get('relay_commit')}`"
         + (f" with local changes to {', '.join(m['relay_dirty_files'])}" if m.get("relay_dirty_files") else "")
-        + ".",
+        + f". Command: `{d.get('command', 'python -m benchmarks')}`; {_fmt(d.get('total_s'))} s in all.",
         "",
     ]
+    lines += targets_md(s)
     if b:
         lines += [
             f"Backlog: **{b['events']:,} events**, ~{b['payload_bytes']} B payloads, {b['aggregates']:,} aggregates, "
@@ -136,12 +343,14 @@ def markdown(s: dict) -> str:
     lines += ["",
               f"Ratios (best relay run): relay / raw read = **{_fmt(s['relay_vs_raw_read'], 2)}**, "
               f"relay / raw produce = **{_fmt(s['relay_vs_raw_produce'], 2)}**, "
-              f"relay / naive = **{_fmt(s['relay_vs_naive'], 1)}**.", ""]
+              f"relay / naive = **{_fmt(s['relay_vs_naive'], 1)}**. Least CPU per event: "
+              f"**{_fmt(s['cpu_us_per_event_best'], 1)} µs** with {_fmt(s['cpu_us_per_event_best_workers'])} "
+              f"worker(s).", ""]
     if d.get("relay"):
         lines += ["### relay processes", "",
                   "| workers | CPU total s (wait4) | supervisor s | workers s | worker threads: main / librdkafka / "
-                  "other s | peak RSS per worker MB | supervisor RSS MB | Redis B/key (used_memory Δ) | "
-                  "Redis B/key (MEMORY USAGE) | machine busy / services / relay / other cores |",
+                  "other s | peak RSS per worker MB | supervisor RSS MB | Redis B/event (used_memory Δ) | "
+                  "Redis keys | machine busy / services / relay / other cores |",
                   "|---:|---:|---:|---:|---|---|---:|---:|---:|---|"]
         for w, r in d["relay"].items():
             threads = ", ".join(f"{t['main']:.1f}/{t['librdkafka']:.1f}/{t['other']:.1f}"
@@ -149,9 +358,11 @@ def markdown(s: dict) -> str:
             lines.append(f"| {w} | {r['cpu_s']:.1f} | {r['supervisor_cpu_s']:.1f} | "
                          f"{', '.join(f'{x:.1f}' for x in r['worker_cpu_s'])} | {threads} | "
                          f"{', '.join(f'{x:.0f}' for x in r['worker_peak_rss_mb'])} | "
-                         f"{r['supervisor_peak_rss_mb']:.0f} | {_fmt(r['redis_bytes_per_key'], 1)} | "
-                         f"{_fmt(r['redis_memory_usage_per_key'], 1)} | {_cores(r.get('machine_cpu'))} |")
-        lines.append("")
+                         f"{r['supervisor_peak_rss_mb']:.0f} | {_fmt(r.get('redis_bytes_per_event'), 1)} | "
+                         f"{_fmt(r.get('redis_keys'))} | {_cores(r.get('machine_cpu'))} |")
+        lines += ["", "Redis B/event = INFO `used_memory` after − before the drain / events delivered: format-agnostic "
+                  "(a key per event or members of shared sets), includes the keyspace's own growth, and other "
+                  "clients of the same Redis add noise; the target figure is the median of the drains.", ""]
     if d.get("what_if"):
         lines += ["### What-if runs (relay unchanged, one config override)", "",
                   "| variant | workers | events/s | vs same workers, defaults | publishing s | CPU µs/event | "
@@ -169,40 +380,8 @@ def markdown(s: dict) -> str:
         lines += ["### Stage costs in one process (µs of wall time per event, same events)", "",
                   "| " + " | ".join(st) + " |", "|" + "---:|" * len(st),
                   "| " + " | ".join(f"{v:.1f}" for v in st.values()) + " |", ""]
-    points = [(k, d[k]) for k in ("latency", "latency_light") if d.get(k)]
-    if points:
-        lines += ["## Latency (steady load)", "",
-                  "| point | target rate | achieved rate | workers | p50 s | p95 s | p99 s | max seen s | "
-                  "p50 first / last quarter s | confidence s | window s | poll s | steady | delivered | "
-                  "relay CPU µs/event |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|---:|"]
-        for key, lat in points:
-            never = f"> {_fmt(lat['max_observed_s'], 1)} (never)"
-            pct = [never if lat.get(f"{q}_censored") else _fmt(lat[f"{q}_s"], 3) for q in ("p50", "p95", "p99")]
-            lines.append(
-                f"| {'half of relay best' if key == 'latency' else 'light load'} | {_fmt(lat['target_rate'])}/s | "
-                f"{_fmt(lat['achieved_rate'])}/s | {lat['workers']} | {' | '.join(pct)} | "
-                f"{_fmt(lat['max_observed_s'], 3)} | {_fmt(lat['p50_first_quarter_s'], 2)} / "
-                f"{_fmt(lat['p50_last_quarter_s'], 2)} | {lat['confidence_s']} | {lat['window_s']} | "
-                f"{lat['poll_interval_s']} | {'yes' if lat['steady'] else '**no**'} | {lat['distinct_ids']:,}/"
-                f"{lat['events']:,}, {lat['duplicates']} dup | {_fmt(lat['relay_cpu_us_per_event'])} |")
-        lines += ["", "relay's own cost in live mode (all its processes; windows = CQL window reads, from "
-                  "`relay_cql_read_duration_seconds_count`; checkpoints from `relay_checkpoint_writes_total`):", "",
-                  "| point | idle CPU (cores) | idle windows/s | idle checkpoints/s | CPU under load (cores) | "
-                  "windows/s under load | checkpoints/s under load |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for key, lat in points:
-            lines.append(f"| {'half of relay best' if key == 'latency' else 'light load'} | "
-                         f"{_fmt(lat.get('idle_cpu_cores'), 2)} | {_fmt(lat.get('idle_windows_per_s'))} | "
-                         f"{_fmt(lat.get('idle_checkpoints_per_s'))} | {_fmt(lat.get('load_cpu_cores'), 2)} | "
-                         f"{_fmt(lat.get('load_windows_per_s'))} | {_fmt(lat.get('load_checkpoints_per_s'))} |")
-        lat = points[0][1]
-        lines += ["", f"Latency = broker LogAppendTime − `cdc_time` header, over {lat['seconds']:.0f} s of load, then "
-                  "up to 60 s for relay to publish the rest; an event still unpublished then counts as slower than "
-                  "all (\"never\"). The confidence window is the floor: a row is read only once it is that old. "
-                  "*Steady* = the last quarter's p50 is within 1 s of the first quarter's; when it is not, relay fell "
-                  "behind at that rate and the percentiles grow with the run's length. relay starts with "
-                  "`start_from = \"now\"` and the load begins once every task's position is near the present.", ""]
+    lines += live_md(d)
+    lines += supervisor_md(d)
     disc = d.get("discovery")
     if disc:
         lines += ["## Discovery at scale (fresh process)", "",
@@ -214,6 +393,10 @@ def markdown(s: dict) -> str:
                   f"**{disc['total_s']:.3f}** | {disc['peak_rss_mb']:.0f} | {disc['process_wall_s']:.2f} | "
                   f"{disc['generations_cached_s']:.3f} | {disc['assign_repeat_s'] + disc['tasks_of_repeat_s']:.3f} |",
                   ""]
+    lines += profile_md(d)
+    if d.get("errors"):
+        lines += ["## Steps that failed", ""] + [f"- {k}: {v.splitlines()[0] if v else ''}"
+                                                  for k, v in d["errors"].items()] + [""]
     if d.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in d["notes"]] + [""]
     return "\n".join(lines)

@@ -20,6 +20,19 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
                 "relay_cpu_us_per_event", "latency_p50_s", "latency_p99_s", "confidence_s",
                 "discovery_6144_streams_s", "machine"):
         assert key in data, key
+    # issue 9's figures: top-level keys (None at the smoke run's size) and the targets block
+    for key in ("idle_cpu_cores_768", "idle_reads_per_s_768", "latency_768_p99_s", "latency_768_low_rate_p99_s",
+                "cpu_us_per_event_best", "redis_bytes_per_key", "supervisor_loop_ms_3072x16"):
+        assert key in data, key
+    for key in ("idle_cpu_cores_768", "latency_768_p99_over_confidence_s",
+                "latency_768_low_rate_p99_over_confidence_s", "cpu_us_per_event_best", "relay_vs_raw_read",
+                "relay_vs_naive", "redis_bytes_per_key", "supervisor_loop_ms_3072x16"):
+        assert {"value", "today", "target", "moonshot", "pass"} <= set(data["targets"][key]), key
+    # the live run measured idle cost and both latency points, with the load from processes of its own
+    assert data["idle_cpu_cores"] is not None and data["idle_reads_per_s"] > 0
+    points = data["details"]["live"]["points"]
+    assert set(points) == {"half", "low"}
+    assert all(p["complete"] and p["loadgen_processes"] >= 1 and p["achieved_rate"] for p in points.values())
     assert set(data["relay_events_per_s"]) == {"1", "2"}
     assert all(rate > 0 for rate in data["relay_events_per_s"].values())
     assert data["all_delivered"] is True
