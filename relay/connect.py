@@ -40,6 +40,10 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
         # The driver's default waits up to 10 minutes between attempts: after an outage relay would
         # sit idle long after the nodes are back.
         "reconnection_policy": ExponentialReconnectionPolicy(0.5, 10.0),
+        # Scylla speaks v4 at most. Asking for it avoids a refused v5 attempt there, and keeps the stack
+        # (Cassandra 5 would take v5) on the path Scylla runs: v5 frames every request in segments whose
+        # compression the driver does in Python, about 0.5 ms of CPU per query.
+        "protocol_version": 4,
     }
     if s.username:
         kwargs["auth_provider"] = PlainTextAuthProvider(s.username, s.password)

@@ -10,6 +10,7 @@ its streams whole and in cdc$time order, so per-stream order survives the split.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 
 from relay.discovery import as_datetime
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 STREAM, TIME, SEQ, END = "cdc$stream_id", "cdc$time", "cdc$batch_seq_no", "cdc$end_of_batch"
 METADATA = (STREAM, TIME, SEQ, END, "cdc$operation")
 SCYLLA_MAX_IN_KEYS = 100  # Scylla's default max_partition_key_restrictions_per_query
+IN_LIST_CACHE = 4096  # serialized IN lists kept (a worker's live groups need a few dozen)
+_MS = struct.Struct(">q")
 
 
 def log_table(table: str) -> str:
@@ -67,6 +70,7 @@ class LogReader:
         self.fetch_size = fetch_size
         self.max_in_keys = max_in_keys
         self.router = router
+        self._in_lists: dict[tuple[bytes, ...], bytes] = {}
         base = (f'SELECT {self._select_list(columns)} FROM {log_table(table)} WHERE "cdc$stream_id" IN ? '
                 f'AND "cdc$time" >= minTimeuuid(?) AND "cdc$time" < minTimeuuid(?)')
         self.stmt = None
@@ -86,6 +90,9 @@ class LogReader:
         if self.stmt is None:
             self.stmt = session.prepare(base)
         self.stmt.fetch_size = fetch_size
+        from cassandra.query import PreparedStatement
+
+        self._cache_lists = isinstance(self.stmt, PreparedStatement)
 
     def _select_list(self, columns: Sequence[str] | None) -> str:
         """The CDC metadata plus the columns the mapping reads, not `*`: a wide outbox row's other
@@ -114,7 +121,20 @@ class LogReader:
                                             for p in parts])
 
     def _bind(self, part: tuple[bytes, ...], start_us: int, end_us: int):
-        bound = self.stmt.bind(self._params(part, start_us, end_us))
+        from cassandra.query import BoundStatement
+
+        # Live reads send the same stream lists every grid step: their serialized IN list is kept, and
+        # only the two bounds (timestamps: int64 ms, as minTimeuuid takes them) are encoded per query.
+        in_list = self._in_lists.get(part) if self._cache_lists else None
+        if in_list is None:
+            bound = self.stmt.bind(self._params(part, start_us, end_us))
+            if len(self._in_lists) >= IN_LIST_CACHE:
+                self._in_lists.clear()
+            self._in_lists[part] = bound.values[0]
+        else:
+            bound = BoundStatement(self.stmt)
+            bound.raw_values = (part, start_us, end_us)
+            bound.values = [in_list, _MS.pack(start_us // 1000), _MS.pack(end_us // 1000)]
         if self.router is not None:
             self.router.route(bound, part[0])  # an IN has no routing key of its own; its streams share replicas
         return bound

@@ -29,6 +29,19 @@ class FakePrepared:
     query: str
     fetch_size: int | None = None
 
+    def bind(self, params):
+        return FakeBound(self, tuple(params))
+
+
+@dataclass
+class FakeBound:
+    prepared: FakePrepared
+    params: tuple
+    values: tuple = ()
+
+    def __post_init__(self):
+        self.values = self.params
+
 
 @dataclass
 class FakeResultSet:
@@ -72,7 +85,8 @@ class FakeSession:
             raise SyntaxException(0x2000, "line 1:200 no viable alternative at input 'BYPASS'", None)
         return FakePrepared(query)
 
-    def execute(self, stmt, params):
+    def execute(self, bound):
+        stmt, params = bound.prepared, bound.params
         self.executed.append((stmt, params))
         self.result = FakeResultSet(self.pages)
         return self.result

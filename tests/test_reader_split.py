@@ -62,12 +62,12 @@ class SplitSession:
         pages = [(NAMES, rows[i:i + self.page]) for i in range(0, len(rows), self.page)] or [(NAMES, [])]
         return FakeResultSet(pages)
 
-    def execute(self, stmt, params):
-        return self._result(params)
+    def execute(self, bound):
+        return self._result(bound.params)
 
-    def execute_async(self, stmt, params):
+    def execute_async(self, bound):
         self.async_sent += 1
-        future = FakeFuture(self._result(params))
+        future = FakeFuture(self._result(bound.params))
         self.futures.append(future)
         return future
 
