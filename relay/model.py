@@ -70,7 +70,7 @@ class OutboxEvent:
     key: bytes
     payload: bytes | None
     headers: dict[str, str] = field(default_factory=dict)
-    dedup_key: bytes | None = field(default=None, repr=False, compare=False)  # computed once, by Dedup
+    dedup_digest: bytes | None = field(default=None, repr=False, compare=False)  # computed once, by relay.dedup
 
     @property
     def identity(self) -> tuple[bytes, uuid.UUID, int]:
