@@ -50,10 +50,10 @@ CHUNK = 1000  # members per Lua unpack (Lua's C stack takes ~8000)
 CALL_MEMBERS = 8000  # members per EVAL: bounds how long one script holds Redis (a few ms)
 
 # KEYS[i] gets the members packed in ARGV[i] (a whole number of DIGEST_BYTES).
-_LUA_MEMBERS = """
+_LUA_MEMBERS = f"""
 local function members(blob)
-  local ms = {}
-  for j = 1, #blob, 12 do ms[#ms + 1] = string.sub(blob, j, j + 11) end
+  local ms = {{}}
+  for j = 1, #blob, {DIGEST_BYTES} do ms[#ms + 1] = string.sub(blob, j, j + {DIGEST_BYTES - 1}) end
   return ms
 end
 """
@@ -149,7 +149,7 @@ class Dedup:
             return [], []
         ordered, calls = self._commands(events)
         try:
-            found = b"".join(self._eval(SPLIT_LUA, calls))
+            found = b"".join([r if type(r) is bytes else r.encode() for r in self._eval(SPLIT_LUA, calls)])
         except redis.RedisError as exc:
             if self.fail_open:
                 self.unavailable += len(events)

@@ -194,3 +194,14 @@ def test_digest_is_computed_once_per_event(redis_client, prefix):
     d.mark([e])
     assert e.dedup_digest is digest
     assert copy(e).dedup_digest is None
+
+
+def test_a_client_that_decodes_replies_works_too(redis_url, prefix):
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    events = spread(10, 1)
+    d = dedup(client, prefix)
+    d.mark(events[:4])
+    assert d.split(events) == (events[4:], events[:4])
+    client.close()
