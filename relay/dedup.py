@@ -2,31 +2,31 @@
 
 Storage: one Redis set per (table, second of `cdc$time`), key `<prefix>{<table>}:<unix second>`;
 its members are 12-byte digests of the event's CDC identity (stream, cdc$time, batch_seq_no).
-Measured on Redis 7.0 (/tmp numbers in the commit that introduced it): ~57–64 B of `used_memory`
-per marked event at hundreds of events per second and more (a 12-byte member is a 16-byte
-allocation, its dict entry 32, its bucket 8–16); a key of its own per event cost 117–132 B. A
-listpack hash per (second, digest shard) costs ~27 B but only while each key holds at most
-`hash-max-listpack-entries` fields, which ties the shard count to a rate relay cannot know when
-it checks, so it was not taken.
+Measured on Redis 7.0.15 with 100k–200k marks: 57–64 B of `used_memory` per marked event at
+15k events/s (a 12-byte member is a 16-byte allocation, its dict entry 32, its hash bucket
+8–16), ~85 B at 10 events/s (a key's own ~300 B shared by fewer events); a string key per event
+cost 112–138 B. A listpack hash per (second, digest shard) cost ~27 B, but only while each key
+holds at most `hash-max-listpack-entries` fields, which ties the shard count to a rate relay does
+not know when it checks; it was not taken.
 
-Why one second: a set's memory is freed in one go when it expires (Redis 7.0 does not free
-expired keys lazily by default), and freeing 150k members blocked Redis for ~160 ms here; a
-second of one table stays small at any plausible rate, and a key's own ~300 B are shared by the
-events of that second.
+Why one second: a set is freed in one go when it expires (Redis 7.0 does not free expired keys
+lazily by default), and deleting a set of 150k members blocked Redis for ~160 ms here. One
+second of one table stays small at any plausible rate.
 
-TTL: every mark sets the key's EXPIRE to `ttl_seconds` again, so a member lives at least that
+TTL: every mark sets its set's EXPIRE to `ttl_seconds` again, so a member lives at least that
 long after it was marked (longer if its second is marked again later). SADD and EXPIRE run in
 one script, so no set is ever left without a TTL.
 
-Commands: the members of one key travel as one blob argument, split by the script; a call's keys
-go in one EVAL (Lua blocks Redis only for a bounded chunk of members). Measured client CPU per
-event ~2 µs for check + mark, versus ~8 µs for MGET + a SET script and ~6 µs for SMISMEMBER/SADD
-with one argument per member (redis-py packs and parses each argument in Python). All keys of a
-table share the hash tag `{<table>}`, so one EVAL's keys are in one Redis Cluster slot; the price
-is that one table's marks live on one cluster node.
+Commands: the members of one key travel as one blob argument, split by the script; all keys of a
+call go in one EVAL (or a few, pipelined: a script holds Redis for a bounded number of members).
+Client CPU per event for check + mark measured ~2.5 µs, against ~8 µs for MGET + a SET script and
+~6 µs for SMISMEMBER/SADD with one argument per member (redis-py packs and parses every argument
+in Python); Redis's own time ~1.5 µs per event against ~5. All keys of a table share the hash tag
+`{<table>}`, so one EVAL's keys are in one Redis Cluster slot; the price is that one table's
+marks live on one cluster node. Needs Redis >= 6.2 (SMISMEMBER).
 
 Keys of the previous format (`<prefix><digest>` strings) are not read: a restart across that
-upgrade may publish again the events acknowledged in its last moments.
+upgrade may publish again the events acknowledged in its last moments before it.
 """
 from __future__ import annotations
 
