@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from harness import Delivered, consume_all
 
 from relay import timeuuid
-from relay.dedup import dedup_key
+from relay.dedup import Dedup
 from relay.model import OutboxEvent
 from relay.streams import vnode_index
 
@@ -60,10 +60,8 @@ def checkpoints(cql, keyspace: str, table: str, generation_us: int) -> dict[int,
 
 def marked(redis_client, prefix: str, table: str, rows: Iterable[LogRow]) -> set[str]:
     """The event ids whose dedup mark is in Redis (the keys relay's worker sets after an ack)."""
-    rows = list(rows)
-    keys = [dedup_key(prefix.encode(), _event(table, r)) for r in rows]
-    found = redis_client.mget(keys) if keys else []
-    return {r.event_id for r, v in zip(rows, found, strict=True) if v is not None}
+    _, seen = Dedup(redis_client, prefix, 1, "pause").split([_event(table, r) for r in rows])
+    return {e.event_id for e in seen}
 
 
 def _event(table: str, row: LogRow) -> OutboxEvent:
