@@ -143,6 +143,8 @@ def create_topics(bootstrap: str, topics: list[str], partitions: int = 6, log_ap
     broker's append time, which the suite uses for latency and for when publishing began/ended."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    if not topics:
+        return
     admin = AdminClient({"bootstrap.servers": bootstrap})
     conf = {"message.timestamp.type": "LogAppendTime"} if log_append_time else {}
     futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1, config=conf)

@@ -52,6 +52,13 @@ class Change:
     rows: tuple  # in batch_seq_no order: dicts (column name -> value), or tuples when `columns` is set
     columns: tuple[str, ...] | None = None  # the column order of tuple rows (one object shared by a page)
 
+    @property
+    def dict_rows(self) -> tuple[dict[str, object], ...]:
+        """The rows as dicts whatever form they came in (tools and tests; the hot path maps tuples)."""
+        if self.columns is None:
+            return self.rows
+        return tuple(dict(zip(self.columns, row, strict=False)) for row in self.rows)
+
 
 @dataclass(slots=True)
 class OutboxEvent:

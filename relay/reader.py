@@ -152,27 +152,43 @@ class LogReader:
             yield from self._changes(rs)
 
     def _changes(self, rs) -> Iterator[Change]:
-        """One sub-query's rows as changes. A group never spans two sub-queries: its stream is in one."""
-        group: list[dict[str, object]] = []
+        """One sub-query's rows as changes. A group never spans two sub-queries: its stream is in one.
+
+        Rows stay the driver's tuples, with the page's column names beside them (`Change.columns`):
+        building a dict per row cost more than mapping it."""
+        group: list = []
+        names: tuple[str, ...] | None = None  # the columns of the rows in `group`
         key: tuple[bytes, object] | None = None
         while True:
             # Decode by each page's own column names: ALTER TABLE may change them mid-read.
-            names = rs.column_names
+            page_names = tuple(rs.column_names)
+            si, ti, ei = page_names.index(STREAM), page_names.index(TIME), page_names.index(END)
             for raw in rs.current_rows:
-                row = dict(zip(names, raw, strict=False))
-                row_key = (row[STREAM], row[TIME])
+                row_key = (raw[si], raw[ti])
                 if key is not None and row_key != key and group:
                     log.warning("%s: CDC group %s ended without cdc$end_of_batch", self.table, key[1])
-                    yield Change(key[0], key[1], tuple(group))  # type: ignore[arg-type]
+                    yield _change(key, group, names)
                     group = []
+                if group and names != page_names:  # the schema changed inside a group: name every row
+                    group = [r if isinstance(r, dict) else dict(zip(names, r, strict=False)) for r in group]
+                    raw = dict(zip(page_names, raw, strict=False))
+                    names = None
+                elif not group:
+                    names = page_names
+                elif names is None:
+                    raw = dict(zip(page_names, raw, strict=False))
                 key = row_key
-                group.append(row)
-                if row.get(END):
-                    yield Change(row[STREAM], row[TIME], tuple(group))  # type: ignore[arg-type]
+                group.append(raw)
+                if raw[END] if isinstance(raw, dict) else raw[ei]:
+                    yield _change(key, group, names)
                     group, key = [], None
             if not rs.has_more_pages:
                 break
             rs.fetch_next_page()
         if group and key is not None:
             log.warning("%s: CDC group %s ended without cdc$end_of_batch", self.table, key[1])
-            yield Change(key[0], key[1], tuple(group))  # type: ignore[arg-type]
+            yield _change(key, group, names)
+
+
+def _change(key: tuple, group: list, names: tuple[str, ...] | None) -> Change:
+    return Change(key[0], key[1], tuple(group), columns=names)  # type: ignore[arg-type]

@@ -463,7 +463,6 @@ class Worker:
         return {s: key for key in read.keys if key in states for s in states[key].task.streams}
 
     def _relay(self, read: Read, pending) -> WindowResult:
-        from relay.mapping import Poison
         from relay.publisher import FatalProducerError, TransientPublishError
 
         table = read.table
@@ -474,20 +473,19 @@ class Worker:
         m.cql_read.labels(table).observe(time.monotonic() - t0)
         if not changes:
             return res  # an empty window touches neither Redis nor Kafka
-        events: list[OutboxEvent] = []
-        poisons: list[Poison] = []
-        mapper = self.mappers[table]
-        owner = self._task_of_stream(read) if len(read.keys) > 1 else None
-        counts = res.events
-        rows = 0
-        for change in changes:
-            rows += len(change.rows)
-            n = len(events) + len(poisons)
-            for item in mapper.map(change, res.skipped):
-                (poisons if isinstance(item, Poison) else events).append(item)
-            key = owner.get(change.stream_id) if owner is not None else read.keys[0]
-            counts[key] = counts.get(key, 0) + len(events) + len(poisons) - n
-        m.events_read.labels(table).inc(rows)
+        events, poisons = self.mappers[table].map_changes(changes, res.skipped)
+        if len(read.keys) == 1:
+            res.events[read.keys[0]] = len(events) + len(poisons)
+        else:  # a merged read: each task's own count sizes its next window
+            owner = self._task_of_stream(read)
+            counts = res.events
+            for e in events:
+                key = owner[e.stream_id]
+                counts[key] = counts.get(key, 0) + 1
+            for p in poisons:
+                key = owner[p.event.stream_id]
+                counts[key] = counts.get(key, 0) + 1
+        m.events_read.labels(table).inc(sum(len(c.rows) for c in changes))
         for op, n in res.skipped.items():
             m.events_skipped.labels(table, op).inc(n)
         if not events and not poisons:

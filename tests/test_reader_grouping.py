@@ -104,7 +104,11 @@ def read_all(pages, streams=(S1, S2), start_us=1_000_000_000, end_us=2_000_000_0
 
 
 def shape(changes) -> list[tuple[bytes, uuid.UUID, list[int]]]:
-    return [(c.stream_id, c.cdc_time, [row["cdc$batch_seq_no"] for row in c.rows]) for c in changes]
+    return [(c.stream_id, c.cdc_time, [row["cdc$batch_seq_no"] for row in as_dicts(c)]) for c in changes]
+
+
+def as_dicts(change) -> list[dict]:
+    return list(change.dict_rows)
 
 
 # --------------------------------------------------------------------------- query
@@ -157,8 +161,8 @@ def test_groups_over_several_pages():
     assert shape(changes) == [(S1, T1, [0]), (S1, T2, [0, 1]), (S1, T3, [0]), (S2, T1, [0, 1, 2]), (S2, T2, [0])]
     assert session.result.fetches == 2
     # Rows are decoded into column name -> value.
-    assert changes[3].rows[2]["id"] == r(S2, T1, 2, True)[5]
-    assert changes[3].rows[2]["cdc$end_of_batch"] is True
+    assert changes[3].dict_rows[2]["id"] == r(S2, T1, 2, True)[5]
+    assert changes[3].dict_rows[2]["cdc$end_of_batch"] is True
 
 
 def test_group_split_across_a_page_boundary():
@@ -181,10 +185,10 @@ def test_column_names_change_between_pages():
     ]
     _, _, changes = read_all(pages)
     assert shape(changes) == [(S1, T1, [0]), (S1, T2, [0, 1]), (S1, T3, [0])]
-    first, second = changes[1].rows
+    first, second = changes[1].dict_rows
     assert first["id"] == "e2" and "tenant" not in first
     assert second["id"] == "e3" and second["tenant"] == "acme" and second["payload"] == b"q"
-    assert changes[2].rows[0] == {"cdc$stream_id": S1, "cdc$time": T3, "cdc$batch_seq_no": 0,
+    assert changes[2].dict_rows[0] == {"cdc$stream_id": S1, "cdc$time": T3, "cdc$batch_seq_no": 0,
                                   "cdc$end_of_batch": True, "cdc$operation": 2, "tenant": "globex", "id": "e4",
                                   "payload": b"z"}
 
@@ -299,15 +303,15 @@ def test_real_groups_in_batch_seq_no_order(real):
     assert len(changes) == 3
     group = by_time[t_group]
     assert group.stream_id == s1
-    assert [row["cdc$batch_seq_no"] for row in group.rows] == [0, 1, 2, 3]
-    assert [row["cdc$operation"] for row in group.rows] == [OP_INSERT, OP_INSERT, OP_UPDATE, OP_INSERT]
-    assert [row["event_type"] for row in group.rows] == ["a", "b", "c", "d"]
-    assert [row["id"] for row in group.rows] == [ids[0], ids[1], ids[0], ids[2]]
-    assert [bool(row["cdc$end_of_batch"]) for row in group.rows] == [False, False, False, True]
-    assert all(row["cdc$time"] == t_group and row["cdc$stream_id"] == s1 for row in group.rows)
-    assert [row["event_type"] for row in by_time[t_other].rows] == ["x", "y"]
+    assert [row["cdc$batch_seq_no"] for row in group.dict_rows] == [0, 1, 2, 3]
+    assert [row["cdc$operation"] for row in group.dict_rows] == [OP_INSERT, OP_INSERT, OP_UPDATE, OP_INSERT]
+    assert [row["event_type"] for row in group.dict_rows] == ["a", "b", "c", "d"]
+    assert [row["id"] for row in group.dict_rows] == [ids[0], ids[1], ids[0], ids[2]]
+    assert [bool(row["cdc$end_of_batch"]) for row in group.dict_rows] == [False, False, False, True]
+    assert all(row["cdc$time"] == t_group and row["cdc$stream_id"] == s1 for row in group.dict_rows)
+    assert [row["event_type"] for row in by_time[t_other].dict_rows] == ["x", "y"]
     assert by_time[t_other].stream_id == s2
-    assert [row["payload"] for row in by_time[t_single].rows] == [b"4"]
+    assert [row["payload"] for row in by_time[t_single].dict_rows] == [b"4"]
     # Within a stream, changes come in cdc$time order.
     s1_times = [timeuuid.to_micros(c.cdc_time) for c in changes if c.stream_id == s1]
     assert s1_times == sorted(s1_times) == [base + 1000, base + 2000]
@@ -326,9 +330,9 @@ def test_real_window_is_start_inclusive_end_exclusive_in_ms(real):
 
     changes = list(reader.read((stream,), start, end))
 
-    got = [c.rows[0]["event_type"] for c in changes]
+    got = [c.dict_rows[0]["event_type"] for c in changes]
     assert got == ["at_start", "just_after_start", "last_us_before_end"]
     assert [c.cdc_time for c in changes] == [times[n] for n in got]
     # The next window picks up exactly where this one stopped.
-    assert [c.rows[0]["event_type"] for c in reader.read((stream,), end, end + 2000)] == ["at_end", "after_end"]
-    assert [c.rows[0]["event_type"] for c in reader.read((stream,), start - 1000, start)] == ["before"]
+    assert [c.dict_rows[0]["event_type"] for c in reader.read((stream,), end, end + 2000)] == ["at_end", "after_end"]
+    assert [c.dict_rows[0]["event_type"] for c in reader.read((stream,), start - 1000, start)] == ["before"]

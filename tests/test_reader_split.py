@@ -84,7 +84,7 @@ def rows_for_streams() -> dict[bytes, list[tuple]]:
 def check_changes(changes) -> None:
     by_stream: dict[bytes, list] = {}
     for c in changes:
-        by_stream.setdefault(c.stream_id, []).append((c.cdc_time, [row["cdc$batch_seq_no"] for row in c.rows]))
+        by_stream.setdefault(c.stream_id, []).append((c.cdc_time, [row["cdc$batch_seq_no"] for row in c.dict_rows]))
     assert set(by_stream) == set(STREAMS)
     for s in STREAMS:
         assert by_stream[s] == [(TIMES[0], [0]), (TIMES[1], [0, 1, 2]), (TIMES[3], [0])], s.hex()
