@@ -45,6 +45,7 @@ class TaskState:
     last_events: int = -1  # events in its last window; -1 = unknown yet, so it reads alone
     last_error: str = ""
     saved_us: int | None = None  # position last written to the checkpoint table
+    goal_us: int | None = None  # where it stops: its generation's end or the run's --until
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,8 @@ class Schedule:
     _urgent: set[tuple[str, int]] = field(default_factory=set)  # partitions to save at once
     _unstarted: set[TaskKey] = field(default_factory=set)
 
-    @property
-    def grid_us(self) -> int:
-        return max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
+    def __post_init__(self) -> None:
+        self.grid_us = max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
 
     # ------------------------------------------------------------ facts in
     def assign(self, tasks: Iterable[Task], now_us: int) -> list[TaskState]:
@@ -90,11 +90,12 @@ class Schedule:
         for key, task in keep.items():
             st = self.states.get(key)
             if st is None:
-                self.states[key] = TaskState(task, self.window_s)
+                self.states[key] = TaskState(task, self.window_s, goal_us=self.goal(task))
                 self._unstarted.add(key)
             elif st.task != task:
                 st.task = task  # e.g. the generation's end became known
-                if st.finished and (self.goal(task) is None or (st.position_us or 0) < self.goal(task)):
+                st.goal_us = self.goal(task)
+                if st.finished and (st.goal_us is None or (st.position_us or 0) < st.goal_us):
                     st.finished = False
                     self._push(key, now_us)
         return gone
@@ -112,6 +113,11 @@ class Schedule:
 
     def done(self, read: Read, events: dict[TaskKey, int], now_us: int) -> None:
         """Every event of the read is delivered or dead-lettered: its tasks move to its end."""
+        # Every task of a read shares its window: what follows from the window is worked out once.
+        end = read.end_us
+        limit = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
+        due = windows.next_readable_at(end, self.confidence_s, self.clock_ahead_s, self.grid_us) \
+            if end >= limit else now_us  # caught up: the next grid point; else at once
         for key in read.keys:
             st = self.states.get(key)
             if st is None:
@@ -121,20 +127,16 @@ class Schedule:
                 self._push(key, now_us)
                 continue
             n = events.get(key, 0)
-            st.position_us, st.failures, st.last_error, st.last_events = read.end_us, 0, "", n
-            self._moved_now(st, now_us)
-            st.window_s = windows.next_window_size(st.window_s, self.window_s, n)
-            goal = self.goal(st.task)
-            if goal is not None and read.end_us >= goal:
+            st.position_us, st.last_events = end, n
+            if st.failures:
+                st.failures, st.last_error = 0, ""
+            if n or st.window_s < self.window_s * windows.CATCH_UP_GROWTH:
+                st.window_s = windows.next_window_size(st.window_s, self.window_s, n)
+            if st.goal_us is not None and end >= st.goal_us:
                 st.finished = True
-                self._moved_now(st, now_us)  # urgent now: the generation barrier waits on this row
-                continue
-            limit = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
-            if read.end_us >= limit:  # caught up: next grid point
-                due = windows.next_readable_at(read.end_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
-            else:
-                due = now_us
-            self._push(key, due)
+            self._moved_now(st, now_us)  # a finished task is urgent: the generation barrier waits on it
+            if not st.finished:
+                self._push(key, due)
 
     def failed(self, read: Read, error: str, now_us: int, timed_out: bool = False) -> None:
         for key in read.keys:
@@ -171,15 +173,19 @@ class Schedule:
         groups: dict[Hashable, list[TaskState]] = {}
         order: list[Hashable] = []
         deferred: list[TaskKey] = []
-        while self._heap and self._heap[0][0] <= now_us:
-            due, _, key = heapq.heappop(self._heap)
-            st = self.states.get(key)
+        limit_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
+        heap, states = self._heap, self.states
+        while heap and heap[0][0] <= now_us:
+            due, _, key = heapq.heappop(heap)
+            st = states.get(key)
             if st is None or st.busy or st.finished or st.position_us is None or st.due_us != due:
                 continue  # a stale heap entry
-            end = windows.window_end(st.position_us, st.window_s, now_us, self.confidence_s, self.clock_ahead_s,
-                                     self.goal(st.task), self.grid_us)
-            if end is None:
-                goal = self.goal(st.task)
+            end = min(st.position_us + int(st.window_s * 1_000_000), limit_us)
+            goal = st.goal_us
+            if goal is not None and goal < end:
+                end = goal
+            end -= end % 1000  # minTimeuuid() takes milliseconds
+            if end <= st.position_us:
                 if goal is not None and st.position_us >= goal:
                     st.finished = True
                     self._moved_now(st, now_us)
