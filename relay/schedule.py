@@ -31,6 +31,8 @@ TaskKey = tuple[str, int, int]
 LIGHT_EVENTS = 1_000  # a task whose last window carried fewer events may share a query with others
 MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, one publish batch
 BACKOFF_MAX_S = 10.0
+QUIET_AFTER_S = 2.0  # a task whose reads found nothing for this long (of CDC time) polls on the quiet grid
+QUIET_GRID_FACTOR = 2  # the quiet grid is this many live grid steps: half the queries of a silent cluster
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TaskState:
     last_error: str = ""
     saved_us: int | None = None  # position last written to the checkpoint table
     goal_us: int | None = None  # where it stops: its generation's end or the run's --until
+    active_until_us: int = 0  # CDC time up to which it counts as active: its read's last events + QUIET_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.grid_us = max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
+        # Tasks whose reads keep finding nothing move to a grid twice as coarse: a silent cluster costs
+        # half the queries, while any read that finds an event puts all its tasks back on the live grid.
+        # Both grids are aligned, so quiet tasks still share their windows with each other.
+        self.quiet_grid_us = self.grid_us * QUIET_GRID_FACTOR
 
     # ------------------------------------------------------------ facts in
     def assign(self, tasks: Iterable[Task], now_us: int) -> list[TaskState]:
@@ -116,8 +123,15 @@ class Schedule:
         # Every task of a read shares its window: what follows from the window is worked out once.
         end = read.end_us
         limit = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
-        due = windows.next_readable_at(end, self.confidence_s, self.clock_ahead_s, self.grid_us) \
-            if end >= limit else now_us  # caught up: the next grid point; else at once
+        caught_up = end >= limit
+        # A merged read's events keep all its tasks live: traffic spread thinly over many vnodes must
+        # not push each of them to the quiet grid.
+        found = any(events.values())
+        due = due_quiet = now_us
+        if caught_up:  # the next grid point; else at once
+            due = windows.next_readable_at(end, self.confidence_s, self.clock_ahead_s, self.grid_us)
+            due_quiet = windows.next_readable_at(end, self.confidence_s, self.clock_ahead_s, self.quiet_grid_us)
+        quiet_after = int(QUIET_AFTER_S * 1_000_000)
         for key in read.keys:
             st = self.states.get(key)
             if st is None:
@@ -128,6 +142,8 @@ class Schedule:
                 continue
             n = events.get(key, 0)
             st.position_us, st.last_events = end, n
+            if found or not st.active_until_us:
+                st.active_until_us = end + quiet_after
             if st.failures:
                 st.failures, st.last_error = 0, ""
             if n or st.window_s < self.window_s * windows.CATCH_UP_GROWTH:
@@ -136,7 +152,7 @@ class Schedule:
                 st.finished = True
             self._moved_now(st, now_us)  # a finished task is urgent: the generation barrier waits on it
             if not st.finished:
-                self._push(key, due)
+                self._push(key, due if end < st.active_until_us else due_quiet)
 
     def failed(self, read: Read, error: str, now_us: int, timed_out: bool = False) -> None:
         for key in read.keys:
@@ -174,13 +190,15 @@ class Schedule:
         order: list[Hashable] = []
         deferred: list[TaskKey] = []
         limit_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
+        quiet_limit_us = limit_us - limit_us % self.quiet_grid_us
         heap, states = self._heap, self.states
         while heap and heap[0][0] <= now_us:
             due, _, key = heapq.heappop(heap)
             st = states.get(key)
             if st is None or st.busy or st.finished or st.position_us is None or st.due_us != due:
                 continue  # a stale heap entry
-            end = min(st.position_us + int(st.window_s * 1_000_000), limit_us)
+            quiet = st.position_us >= st.active_until_us > 0
+            end = min(st.position_us + int(st.window_s * 1_000_000), quiet_limit_us if quiet else limit_us)
             goal = st.goal_us
             if goal is not None and goal < end:
                 end = goal
@@ -190,8 +208,8 @@ class Schedule:
                     st.finished = True
                     self._moved_now(st, now_us)
                 else:
-                    self._push(key, windows.next_readable_at(st.position_us, self.confidence_s,
-                                                             self.clock_ahead_s, self.grid_us))
+                    self._push(key, windows.next_readable_at(st.position_us, self.confidence_s, self.clock_ahead_s,
+                                                             self.quiet_grid_us if quiet else self.grid_us))
                 continue
             t = st.task
             if 0 <= st.last_events < LIGHT_EVENTS:

@@ -229,3 +229,43 @@ def test_generation_end_learned_later_reopens_a_task_finished_by_until():
     sch.assign([ended], NOW)
     (r,) = sch.plan(NOW, 10)
     assert r.end_us == NOW - 590 * S
+
+
+def test_silent_tasks_move_to_the_quiet_grid_and_an_event_brings_their_read_back():
+    from relay.schedule import QUIET_AFTER_S, QUIET_GRID_FACTOR
+
+    sch = schedule()
+    ts = tasks(6)
+    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
+    started(sch, ts, live - sch.grid_us)
+    drain(sch, NOW, limit=100)  # first windows: unknown traffic, read alone
+    now, ends = NOW, []
+    while now < NOW + int((QUIET_AFTER_S + 3) * S):
+        now = sch.next_due_us()
+        for r in drain(sch, now):
+            ends.append(r.end_us)
+    steps = [b - a for a, b in zip(sorted(set(ends)), sorted(set(ends))[1:])]
+    assert steps[0] == sch.grid_us, "live at first"
+    assert steps[-1] == QUIET_GRID_FACTOR * sch.grid_us, "quiet after QUIET_AFTER_S of nothing"
+    assert all(e % (QUIET_GRID_FACTOR * sch.grid_us) == 0 for e in sorted(set(ends))[-3:]), "quiet reads align"
+    # One event in the merged read: every task of it is live again.
+    (r,) = sch.plan(sch.next_due_us(), 10)
+    sch.done(r, {r.keys[0]: 1}, sch.next_due_us() or now)
+    nxt = sch.next_due_us()
+    (again,) = sch.plan(nxt, 10)
+    assert again.end_us - again.start_us == sch.grid_us and len(again.keys) == 6
+
+
+def test_thin_traffic_over_many_tasks_keeps_their_shared_read_live():
+    """100 events/s over 768 vnodes is one event per task every ~8 s, but every merged read sees some."""
+    sch = schedule()
+    ts = tasks(300)
+    started(sch, ts, windows.readable_limit(NOW, 10, 0, sch.grid_us) - sch.grid_us)
+    drain(sch, NOW, limit=1000)
+    now, widths = NOW, set()
+    for i in range(60):
+        now = sch.next_due_us()
+        for r in sch.plan(now, 100):
+            sch.done(r, {r.keys[i % len(r.keys)]: 1}, now)  # one event somewhere in each read
+            widths.add(r.end_us - r.start_us)
+    assert widths == {sch.grid_us}
