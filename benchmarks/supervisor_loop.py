@@ -9,7 +9,9 @@ seq and the keys it now holds). Measured:
 - `first_plan_ms`: the first assignment of every task (plans of every table, first messages).
 - `idle_loop_ms`: one loop iteration when nothing changed (median; the loop runs every 100 ms).
 - `progress_msg_ms`: handling one worker's Progress report (a worker sends one a second).
-- `status_ms`: building /status (done every 0.5 s).
+- `status_ms`: the status summary (built every 0.5 s); `status_tasks_ms`: its task list (built when
+  /status asks for it).
+- `checkpoint_refresh_ms`: handling a checkpoint refresh (every 2 s; the CQL reads are faked).
 - `change_loop_ms`: the iteration after one table's generation switch (its 768 tasks replaced).
 - `assign_ms`: computing the plan of that switch (the part of `change_loop_ms` that plans).
 - `assign_bytes_max`: the largest Assign message pickled for one worker in the first plan.
@@ -82,10 +84,10 @@ class _Conn:
 
 class _Checkpoints:
     def __init__(self, position_us: int) -> None:
-        self.position_us = position_us
+        self.positions = {i: position_us for i in range(VNODES_PER_TABLE * 4)}
 
     def load(self, table: str, start_us: int) -> dict[int, int]:
-        return {i: self.position_us for i in range(VNODES_PER_TABLE * 4)}
+        return self.positions
 
 
 class _Discovery:
@@ -156,6 +158,7 @@ def _settle(sup, rounds: int = 6) -> None:
 
 def measure(tasks: int = 3072, workers: int = 16) -> dict:
     from relay import metrics
+    from relay.sender import Sender
     from relay.supervisor import Supervisor
 
     n_tables = max(1, tasks // VNODES_PER_TABLE)
@@ -173,8 +176,10 @@ def measure(tasks: int = 3072, workers: int = 16) -> dict:
     now = time.monotonic()
     for i, slot in enumerate(sup.slots):
         slot.process, slot.conn = _Process(10_000 + i), _Conn()
+        slot.sender = Sender(slot.conn, f"bench-sender-{i}")
         slot.started_at = slot.last_heartbeat = now
     sup._spawn = lambda slot: None
+    sup._handover_dirty = True
 
     # First plan: discovery, checkpoints, then the loop that assigns every task.
     sup.step_discover()
@@ -193,10 +198,12 @@ def measure(tasks: int = 3072, workers: int = 16) -> dict:
 
     # Idle: nothing changes between iterations.
     idle = []
+    replans = sup.planner.recomputed
     for _ in range(200):
         t0 = time.perf_counter()
         _loop_once(sup)
         idle.append(time.perf_counter() - t0)
+    idle_replans = sup.planner.recomputed - replans
 
     # A worker's Progress report (positions advanced, same tasks, same seq).
     slot = sup.slots[0]
@@ -209,12 +216,20 @@ def measure(tasks: int = 3072, workers: int = 16) -> dict:
         sup._on_message(slot, msg)
         progress.append(time.perf_counter() - t0)
 
-    status = []
+    status, status_tasks, refresh = [], [], []
     for _ in range(10):
         sup._next_status = 0.0
         t0 = time.perf_counter()
         sup.step_status()
         status.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sup._task_rows()
+        status_tasks.append(time.perf_counter() - t0)
+        sup._next_checkpoints = 0.0
+        t0 = time.perf_counter()
+        sup.step_checkpoints()
+        sup.step_assign()
+        refresh.append(time.perf_counter() - t0)
 
     # One table's generation switch: generation 1 ends, generation 2 (new streams) begins.
     before = _owners(sup)
@@ -231,38 +246,25 @@ def measure(tasks: int = 3072, workers: int = 16) -> dict:
         positions.update({k: (GENERATION_US + 2_000_000, False, "") for k in s.hb_keys if k[0] != switched})
         sup._on_message(s, Progress(s.index, s.process.pid, s.seq, positions))
     sup.step_checkpoints()  # discovery made it due: it loads the new generation's checkpoints
-    import relay.supervisor as supervisor_module
-
     assign_s = []
-    real_assign = supervisor_module.assign if hasattr(supervisor_module, "assign") else None
-    planner = getattr(sup, "planner", None)
-    if planner is not None:  # per-table plans: time the planner's own recomputation
-        real_plan = planner._plan_table
+    real_plan = sup.planner._plan_table
 
-        def timed_plan(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return real_plan(*a, **kw)
-            finally:
-                assign_s.append(time.perf_counter() - t)
-        planner._plan_table = timed_plan
-    elif real_assign is not None:
-        def timed_assign(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return real_assign(*a, **kw)
-            finally:
-                assign_s.append(time.perf_counter() - t)
-        supervisor_module.assign = timed_assign
+    def timed_plan(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return real_plan(*a, **kw)
+        finally:
+            assign_s.append(time.perf_counter() - t)
+
+    sup.planner._plan_table = timed_plan
+    recomputed = sup.planner.recomputed
     try:
         t0 = time.perf_counter()
         _loop_once(sup)
         change_loop_ms = (time.perf_counter() - t0) * 1e3
     finally:
-        if planner is not None:
-            planner._plan_table = real_plan
-        elif real_assign is not None:
-            supervisor_module.assign = real_assign
+        sup.planner._plan_table = real_plan
+    tables_replanned = sup.planner.recomputed - recomputed
     _settle(sup)
     after = _owners(sup)
     moved_other = sum(1 for k, w in before.items() if k[0] != switched and after.get(k) != w)
@@ -277,12 +279,16 @@ def measure(tasks: int = 3072, workers: int = 16) -> dict:
         "first_plan_ms": round(first_plan_ms, 2),
         "idle_loop_ms": round(statistics.median(idle) * ms, 4),
         "idle_loop_p99_ms": round(sorted(idle)[int(len(idle) * 0.99) - 1] * ms, 4),
+        "idle_replans": idle_replans,
         "progress_msg_ms": round(statistics.median(progress) * ms, 4),
         "status_ms": round(statistics.median(status) * ms, 3),
+        "status_tasks_ms": round(statistics.median(status_tasks) * ms, 3),
+        "checkpoint_refresh_ms": round(statistics.median(refresh) * ms, 3),
         "change_loop_ms": round(change_loop_ms, 2),
         "assign_ms": round(sum(assign_s) * ms, 2),
         "assign_bytes_max": assign_bytes_max,
         "moved_other_tables": moved_other,
+        "tables_replanned": tables_replanned,
     }
 
 
