@@ -293,3 +293,23 @@ def test_adding_a_worker_moves_about_its_share_per_table():
         assert n <= add_slot_limit(768, 4), f"{table}: {n} moved"
         assert all(after[k] == 4 for k, s in before.items() if k[0] == table and after[k] != s), \
             "only the new worker takes tasks"
+
+
+def test_the_plan_is_the_same_in_another_process_with_another_hash_seed():
+    """Plans must not depend on Python's per-process string hashing (a restarted supervisor plans the same)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from relay.assignment import assign; "
+            "tasks = [('shop.outbox', 1, i) for i in range(100)]; "
+            "print(json.dumps(assign(tasks, list(range(7)), salt='shop.outbox')))")
+    outs = []
+    for seed in ("1", "987654"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.append(subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                                   text=True).stdout)
+    here = assign([("shop.outbox", 1, i) for i in range(100)], list(range(7)), salt="shop.outbox")
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0]) == {str(k): [list(t) for t in v] for k, v in here.items()}
