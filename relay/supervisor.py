@@ -393,10 +393,6 @@ class Supervisor:
             self._loaded.add(key)
         return key in self._loaded
 
-    def _goal_of(self, task: Task) -> int | None:
-        goals = [x for x in (task.end_us, self.until_us) if x is not None]
-        return min(goals) if goals else None
-
     def step_assign(self) -> None:
         if not self.discovered:
             return
@@ -486,14 +482,16 @@ class Supervisor:
                 self._handover_dirty = True
             slot.dlq_failing = msg.dlq_failing
             slot.clock_ahead_s = msg.clock_ahead_s
-            views = self.views
+            views, until = self.views, self.until_us
             for key, (position, finished, error) in msg.positions.items():
                 view = views.get(key)
                 if view is None:
                     continue
-                if position is not None and (view.position_us is None or position > view.position_us):
-                    goal = self._goal_of(view.task)
-                    if goal is not None and (view.position_us or 0) < goal <= position:
+                old = view.position_us
+                if position is not None and (old is None or position > old):
+                    end = view.task.end_us
+                    goal = end if until is None else until if end is None else min(end, until)
+                    if goal is not None and (old or 0) < goal <= position:
                         self._dirty_tables.add(key[0])  # this may complete its generation
                     view.position_us = position
                 view.finished = finished
