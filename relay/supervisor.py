@@ -2,7 +2,14 @@
 
 Signal handlers only queue the signal; one `run()` loop does named steps: handle signals,
 discover, assign, read worker messages, reap, check heartbeats, publish status. Workers are
-spawned (never forked) and get their tasks over a control pipe.
+spawned (never forked) and get their tasks over a control pipe, written by a thread per worker
+(relay.sender) so that a worker busy in a long window never stalls the loop.
+
+The loop works only when an input changes: a table's active generation is re-decided when
+discovery, a checkpoint refresh or a worker's report touches it; a table's plan is recomputed
+only when its task set changes (relay.assignment.TablePlans); the handover (who may be given
+what) only when a plan or what a worker holds changes. A loop where nothing changed costs a few
+comparisons per worker.
 """
 from __future__ import annotations
 
@@ -15,18 +22,21 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from relay.assignment import assign
+from relay.assignment import TablePlans
 from relay.config import Config, parse_start_from
 from relay.discovery import CdcNotEnabled
-from relay.messages import Assign, Beat, BootError, Progress, Stop
+from relay.messages import Assign, Beat, BootError, Progress
 from relay.model import Generation, Task
 from relay.positions import generation_expired
+from relay.sender import Sender
 from relay.worker import CDC_TTL_DEFAULT_S, EXIT_BOOT_ERROR, worker_main
 
 log = logging.getLogger("relay.supervisor")
 
 LOOP_INTERVAL_S = 0.1
 CHECKPOINT_REFRESH_S = 2.0
+STATUS_INTERVAL_S = 0.5
+STATUS_WAIT_S = 1.0  # how long /status waits for the loop to list the tasks
 HEALTHY_AFTER_S = 60.0  # a worker alive this long has its restart backoff reset
 
 
@@ -45,10 +55,11 @@ class Slot:
     last_heartbeat: float = 0.0
     restarts: int = 0
     restart_at: float = 0.0
-    tasks: list[Task] = field(default_factory=list)
-    sent: list[Task] | None = None
-    seq: int = 0  # of the last assignment sent
-    prev_keys: set[tuple] = field(default_factory=set)  # keys of the assignment before that
+    sender: Sender | None = None
+    tasks: list[Task] = field(default_factory=list)  # its tasks in the plan
+    sent: tuple[Task, ...] | None = None  # the last assignment handed to its sender
+    seq: int = 0  # of that assignment
+    outstanding: dict[int, frozenset] = field(default_factory=dict)  # seq -> keys, of assignments not confirmed
     hb_seq: int = -1  # assignment the worker had applied at its last progress report
     hb_keys: set[tuple] = field(default_factory=set)  # tasks it held then
     idle_s: float = 0.0  # how long its loop had made no progress, at its last beat
@@ -56,13 +67,14 @@ class Slot:
     clock_ahead_s: float = 0.0
 
     def held(self) -> set[tuple]:
-        """Tasks this worker may still be working on. Until it confirms the latest assignment,
-        it may hold anything from the previous one too."""
+        """Tasks this worker may still be working on: what it reported, and until it confirms
+        the latest assignment, anything of every assignment sent since (it may have applied any
+        of them; a newer one may also have replaced an older one before it went out)."""
         if self.process is None or not self.process.is_alive():
             return set()
-        if self.hb_seq == self.seq:
-            return set(self.hb_keys)
-        return self.hb_keys | self.prev_keys | {t.key for t in (self.sent or [])}
+        if not self.outstanding:
+            return self.hb_keys
+        return self.hb_keys.union(*self.outstanding.values())
 
 
 @dataclass
@@ -90,8 +102,12 @@ class Supervisor:
         self.exit_code = 0
         self.boot_error: str | None = None
         self.discovered = False
-        self.status_lock = threading.Lock()
+        self.status_lock = threading.Condition()
         self.status: dict = {"state": "starting"}
+        self._status_wanted = False  # /status asked for the task list
+        self._status_version = 0
+        self._task_status: dict = {"tasks": [], "lag_seconds": {}}
+        self._loop_running = False
         self._next_discovery = 0.0
         self._next_checkpoints = 0.0
         self._assigned_keys: set[tuple] = set()
@@ -99,8 +115,15 @@ class Supervisor:
         self._next_dlq = 0.0
         self._next_status = 0.0
         self._tasks_cache: dict[tuple, list[Task]] = {}
-        self._plan_key: tuple | None = None
-        self._plan: dict = {}
+        self._complete: set[tuple] = set()  # generations known complete: that never changes back
+        self.planner = TablePlans([s.index for s in self.slots])
+        self._table_tasks: dict[str, dict[tuple, Task]] = {}  # table -> its active tasks, by key
+        self._table_gen: dict[str, tuple | None] = {}  # table -> (start, end) of its active generation
+        self._loaded: set[tuple] = set()  # generations whose every task has a view (views are never dropped)
+        self._all_complete: dict[str, bool] = {}  # table -> every generation complete (for --until)
+        self._dirty_tables: set[str] = set()  # tables whose active generation must be re-decided
+        self._handover_dirty = False  # a plan or what a worker holds changed
+        self._resend = False  # every worker gets its assignment again (e.g. a CDC TTL changed)
         self.ttl_by_table: dict[str, int] = {}
         self._first_start_done: set[str] = set()
         self._cdc_off_warned: set[str] = set()
@@ -132,6 +155,8 @@ class Supervisor:
         self.checkpoints = CheckpointStore(self.session, self.cfg.scylla.relay_keyspace, self.cfg.replica_id)
         for slot in self.slots:
             self._spawn(slot)
+        with self.status_lock:
+            self._loop_running = True
         try:
             while True:
                 self.step_signals()
@@ -156,6 +181,9 @@ class Supervisor:
                 self.step_messages(LOOP_INTERVAL_S)
                 self.step_status()
         finally:
+            with self.status_lock:
+                self._loop_running = False
+                self.status_lock.notify_all()
             self._kill_all()
             self.session.cluster.shutdown()
         return self.exit_code
@@ -193,8 +221,8 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + self.cfg.relay.shutdown_timeout_seconds
         for slot in self.slots:
             if slot.process is not None and slot.process.is_alive():
-                if graceful:
-                    self._send(slot, Stop())
+                if graceful and slot.sender is not None:
+                    slot.sender.stop()
                 else:
                     slot.process.kill()
 
@@ -221,6 +249,8 @@ class Supervisor:
                 gens = self.discovery.generations(table)
                 if not gens:
                     log.warning("%s: no CDC generation published yet", table.name)
+                if gens != self.generations.get(table.name):
+                    self._dirty_tables.add(table.name)
                 self.generations[table.name] = gens
                 try:
                     ttl = self.discovery.cdc_ttl_seconds(table)
@@ -232,7 +262,8 @@ class Supervisor:
                     ttl = self.ttl_by_table.get(table.name, CDC_TTL_DEFAULT_S)
                 if ttl != self.ttl_by_table.get(table.name):
                     self.ttl_by_table[table.name] = ttl
-                    self._plan_key = None  # workers learn the TTL with their next assignment
+                    self._resend = self._handover_dirty = True  # workers learn the TTL with their next assignment
+                    self._dirty_tables.add(table.name)  # expiry depends on it
             for table, _start in self.discovery.drain_disappeared():
                 self.metrics.generations_disappeared.labels(table).inc()
             self.discovered = True
@@ -255,6 +286,7 @@ class Supervisor:
             try:
                 if any(self.checkpoints.load(table, g.start_us) for g in gens):
                     self._first_start_done.add(table)
+                    self._dirty_tables.add(table)
                     continue
                 mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
                 instant = start_from_instant(mode, lookback, int(time.time() * 1e6),
@@ -264,6 +296,7 @@ class Supervisor:
                 for task, position in writes:
                     retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, task, position)
                 self._first_start_done.add(table)
+                self._dirty_tables.add(table)
                 log.info("%s: first start, start_from=%s: reading from %s (%d checkpoints written)", table,
                          self.cfg.relay.start_from, _iso(instant) if instant else "the oldest CDC row", len(writes))
             except Exception as exc:  # noqa: BLE001 - tried again next loop; no task of the table runs before
@@ -279,11 +312,18 @@ class Supervisor:
             for table, gens in self.generations.items():
                 for gen in self._frontier(table, gens):
                     positions = self.checkpoints.load(table, gen.start_us)
+                    views = self.views
                     for task in self._tasks_of(gen):
-                        view = self.views.setdefault(task.key, TaskView(task))
+                        view = views.get(task.key)
+                        if view is None:
+                            view = views[task.key] = TaskView(task)
                         view.task = task
-                        if task.task_id in positions:
-                            view.position_us = max(view.position_us or 0, positions[task.task_id])
+                        position = positions.get(task.task_id)
+                        if position is not None and (view.position_us is None or position > view.position_us):
+                            view.position_us = position
+                # This read is O(tasks) anyway: re-deciding the table costs no more, and catches
+                # what changes with time alone (a generation outliving the CDC TTL).
+                self._dirty_tables.add(table)
         except Exception as exc:  # noqa: BLE001
             log.warning("reading checkpoints failed: %s", exc)
 
@@ -302,6 +342,16 @@ class Supervisor:
         return min(goals) if goals else None
 
     def _gen_complete(self, gen: Generation) -> bool:
+        """Complete for good: positions only grow, and expiry only comes closer."""
+        key = (gen.table, gen.start_us, gen.end_us)
+        if key in self._complete:
+            return True
+        if self._gen_complete_now(gen):
+            self._complete.add(key)
+            return True
+        return False
+
+    def _gen_complete_now(self, gen: Generation) -> bool:
         if self.until_us is not None and gen.start_us >= self.until_us:
             return True  # nothing of it is wanted
         goal = self._goal(gen)
@@ -323,60 +373,86 @@ class Supervisor:
 
     def active_tasks(self) -> list[Task]:
         """Generation barrier: per table, only the oldest incomplete generation is read."""
-        out: list[Task] = []
-        for table, gens in self.generations.items():
-            if table not in self._first_start_done:
-                continue  # start_from is not pinned yet
-            for gen in gens:
-                if self._gen_complete(gen):
-                    continue
-                if not self._views_loaded(gen):
-                    break  # wait for its checkpoints before deciding
-                out.extend(self._tasks_of(gen))
-                self.metrics.generation.labels(table).set(gen.start_us / 1e6)
-                break
-        return out
+        return [t for table in sorted(self._table_tasks) for t in self._table_tasks[table].values()]
+
+    def _active_generation(self, table: str) -> Generation | None:
+        if table not in self._first_start_done:
+            return None  # start_from is not pinned yet
+        for gen in self.generations.get(table, []):
+            if self._gen_complete(gen):
+                continue
+            if not self._views_loaded(gen):
+                return None  # wait for its checkpoints before deciding
+            self.metrics.generation.labels(table).set(gen.start_us / 1e6)
+            return gen
+        return None
 
     def _views_loaded(self, gen: Generation) -> bool:
-        return all(t.key in self.views for t in self._tasks_of(gen))
+        key = (gen.table, gen.start_us, gen.end_us)
+        if key not in self._loaded and all(t.key in self.views for t in self._tasks_of(gen)):
+            self._loaded.add(key)
+        return key in self._loaded
 
     def step_assign(self) -> None:
         if not self.discovered:
             return
-        tasks = {t.key: t for t in self.active_tasks()}
-        # Plan by key: a task whose end becomes known must not move to another worker.
-        plan_key = (frozenset(tasks), len(self.slots))
-        resend = self._plan_key is None
-        if plan_key != self._plan_key:
-            self._plan = assign(list(tasks), [s.index for s in self.slots])
-            self._plan_key = plan_key
-        plan = self._plan
-        held = {s.index: s.held() for s in self.slots}
+        if self._dirty_tables:
+            self._refresh_tables()
+        if self._handover_dirty:
+            self._handover()
+
+    def _refresh_tables(self) -> None:
+        """Re-decide the active generation of the tables an input touched, and re-plan those whose
+        task set changed. Plans go by key: a task whose end becomes known stays where it is."""
+        changed = False
+        for table in sorted(self._dirty_tables):
+            gen = self._active_generation(table)
+            if self.until_us is not None:
+                self._all_complete[table] = all(self._gen_complete(g) for g in self.generations.get(table, []))
+            gen_key = None if gen is None else (gen.start_us, gen.end_us)
+            if gen_key != self._table_gen.get(table):  # its tasks are cut once per (start, end)
+                self._table_gen[table] = gen_key
+                tasks = {t.key: t for t in self._tasks_of(gen)} if gen is not None else {}
+                changed = True
+                self._table_tasks[table] = tasks
+                self.planner.update(table, tasks.keys())
+                for key, task in tasks.items():
+                    self.views[key].task = task  # its end, once known (the generation's views are loaded)
+        self._dirty_tables.clear()
+        if not changed:
+            return
+        by_key = {k: t for tasks in self._table_tasks.values() for k, t in tasks.items()}
         for slot in self.slots:
-            slot.tasks = [tasks[k] for k in plan[slot.index]]
+            slot.tasks = [by_key[k] for k in self.planner.of_slot(slot.index)]
             for t in slot.tasks:
-                self.views.setdefault(t.key, TaskView(t)).worker = slot.index
-            if slot.process is None or not slot.process.is_alive():
+                self.views[t.key].worker = slot.index
+        self._assigned_keys = set(by_key)
+        self._handover_dirty = True
+
+    def _handover(self) -> None:
+        """Send each worker its planned tasks that no other live worker may still hold."""
+        self._handover_dirty = False
+        resend, self._resend = self._resend, False
+        holder: dict[tuple, int] = {}  # key -> the one slot that may hold it, or -1 when several may
+        for slot in self.slots:
+            for key in slot.held():
+                holder[key] = slot.index if holder.get(key, slot.index) == slot.index else -1
+        for slot in self.slots:
+            if slot.sender is None or slot.process is None or not slot.process.is_alive():
                 continue
-            # Handover: never give a task to a worker while another live worker may still hold it.
-            others = set().union(*(h for i, h in held.items() if i != slot.index))
-            sendable = [t for t in slot.tasks if t.key not in others]
-            if slot.sent != sendable or resend:
-                slot.prev_keys = {t.key for t in (slot.sent or [])}
+            sendable = tuple(t for t in slot.tasks if holder.get(t.key, slot.index) == slot.index)
+            if sendable != slot.sent or resend:
                 slot.seq += 1
-                if self._send(slot, Assign(slot.seq, tuple(sendable), dict(self.ttl_by_table))):
-                    slot.sent = list(sendable)
-        self._assigned_keys = set(tasks)
+                slot.outstanding[slot.seq] = frozenset(t.key for t in sendable)
+                slot.sent = sendable
+                slot.sender.assign(Assign(slot.seq, sendable, dict(self.ttl_by_table)))
 
     def _until_reached(self) -> bool:
         if self.until_us is None or not self.discovered:
             return False
         if int(time.time() * 1e6) < self.until_us:
             return False
-        for gens in self.generations.values():
-            if not all(self._gen_complete(g) for g in gens):
-                return False
-        return True
+        return all(self._all_complete.get(table, False) for table in self.generations)
 
     def step_messages(self, timeout: float) -> None:
         from multiprocessing.connection import wait
@@ -399,16 +475,25 @@ class Supervisor:
             slot.idle_s = msg.idle_s
         elif isinstance(msg, Progress):
             slot.last_heartbeat = time.monotonic()
-            slot.hb_seq = msg.assign_seq
-            slot.hb_keys = set(msg.positions)
+            if msg.assign_seq != slot.hb_seq or slot.hb_keys != msg.positions.keys():
+                slot.hb_seq = msg.assign_seq
+                slot.hb_keys = set(msg.positions)
+                slot.outstanding = {seq: keys for seq, keys in slot.outstanding.items() if seq > msg.assign_seq}
+                self._handover_dirty = True
             slot.dlq_failing = msg.dlq_failing
             slot.clock_ahead_s = msg.clock_ahead_s
+            views, until = self.views, self.until_us
             for key, (position, finished, error) in msg.positions.items():
-                view = self.views.get(key)
+                view = views.get(key)
                 if view is None:
                     continue
-                if position is not None:
-                    view.position_us = max(view.position_us or 0, position)
+                old = view.position_us
+                if position is not None and (old is None or position > old):
+                    end = view.task.end_us
+                    goal = end if until is None else until if end is None else min(end, until)
+                    if goal is not None and (old or 0) < goal <= position:
+                        self._dirty_tables.add(key[0])  # this may complete its generation
+                    view.position_us = position
                 view.finished = finished
                 view.error = error
         elif isinstance(msg, BootError):
@@ -476,10 +561,43 @@ class Supervisor:
             log.warning("counting dead letters failed: %s", exc)
 
     def step_status(self) -> None:
+        """The summary every 0.5 s (O(workers + generations)); the task list only when /status asks."""
+        with self.status_lock:
+            wanted = self._status_wanted
         now = time.monotonic()
-        if now < self._next_status:
+        if not wanted and now < self._next_status:
             return
-        self._next_status = now + 0.5
+        self._next_status = now + STATUS_INTERVAL_S
+        summary = self._status_summary(now)
+        tasks = self._task_status
+        if wanted:
+            tasks = self._task_rows()
+        with self.status_lock:
+            self._task_status = tasks
+            self.status = {**summary, **tasks}
+            if wanted:
+                self._status_wanted = False
+                self._status_version += 1
+                self.status_lock.notify_all()
+
+    def _status_summary(self, now: float) -> dict:
+        workers = [{"index": s.index, "pid": s.process.pid if s.process else None,
+                    "alive": bool(s.process and s.process.is_alive()), "tasks": len(s.tasks),
+                    "restarts": s.restarts,
+                    "heartbeat_age_seconds": round(now - s.last_heartbeat, 1) if s.last_heartbeat
+                    else None} for s in self.slots]
+        gens = {t: [{"start_us": g.start_us, "end_us": g.end_us, "streams": len(g.streams),
+                     "complete": self._gen_complete(g)} for g in gl] for t, gl in self.generations.items()}
+        dlq_failing = [s.dlq_failing for s in self.slots if s.dlq_failing]
+        ready = self.discovered and not self.stopping and not dlq_failing and all(
+            w["alive"] and w["heartbeat_age_seconds"] is not None for w in workers)
+        return {"state": "stopping" if self.stopping else ("running" if ready else "starting"),
+                "replica": self.cfg.replica_id, "ready": ready, "workers": workers,
+                "generations": gens, "until_us": self.until_us,
+                "dead_letter_writes_failing": dlq_failing[0] if dlq_failing else None,
+                "clock_ahead_seconds": max((s.clock_ahead_s for s in self.slots), default=0.0)}
+
+    def _task_rows(self) -> dict:
         now_us = int(time.time() * 1e6)
         tasks = []
         lag: dict[str, float] = {}
@@ -491,25 +609,17 @@ class Supervisor:
             tasks.append({"table": v.task.table, "generation_us": v.task.generation_us, "task_id": v.task.task_id,
                           "streams": len(v.task.streams), "worker": v.worker, "position_us": v.position_us,
                           "lag_seconds": behind, "finished": v.finished, "error": v.error or None})
-        workers = [{"index": s.index, "pid": s.process.pid if s.process else None,
-                    "alive": bool(s.process and s.process.is_alive()), "tasks": len(s.tasks),
-                    "restarts": s.restarts,
-                    "heartbeat_age_seconds": round(time.monotonic() - s.last_heartbeat, 1) if s.last_heartbeat
-                    else None} for s in self.slots]
-        gens = {t: [{"start_us": g.start_us, "end_us": g.end_us, "streams": len(g.streams),
-                     "complete": self._gen_complete(g)} for g in gl] for t, gl in self.generations.items()}
-        dlq_failing = [s.dlq_failing for s in self.slots if s.dlq_failing]
-        ready = self.discovered and not self.stopping and not dlq_failing and all(
-            w["alive"] and w["heartbeat_age_seconds"] is not None for w in workers)
-        with self.status_lock:
-            self.status = {"state": "stopping" if self.stopping else ("running" if ready else "starting"),
-                           "replica": self.cfg.replica_id, "ready": ready, "workers": workers, "tasks": tasks,
-                           "lag_seconds": lag, "generations": gens, "until_us": self.until_us,
-                           "dead_letter_writes_failing": dlq_failing[0] if dlq_failing else None,
-                           "clock_ahead_seconds": max((s.clock_ahead_s for s in self.slots), default=0.0)}
+        return {"tasks": tasks, "lag_seconds": lag}
 
     def snapshot(self) -> dict:
+        """The status, with the task list as of now: the loop builds it when asked (it would cost
+        the loop O(tasks) every 0.5 s otherwise). Called from the HTTP server's threads."""
         with self.status_lock:
+            if self._loop_running:
+                version = self._status_version
+                self._status_wanted = True
+                self.status_lock.wait_for(lambda: self._status_version != version or not self._loop_running,
+                                          STATUS_WAIT_S)
             return dict(self.status)
 
     # ------------------------------------------------------------------ processes
@@ -520,11 +630,13 @@ class Supervisor:
         proc.start()
         child.close()
         slot.process, slot.conn = proc, parent
+        slot.sender = Sender(parent, f"relay-sender-{slot.index}")
         slot.started_at = time.monotonic()
         slot.last_heartbeat = 0.0
         slot.sent = None
-        slot.seq, slot.hb_seq, slot.hb_keys, slot.prev_keys = 0, -1, set(), set()
+        slot.seq, slot.hb_seq, slot.hb_keys, slot.outstanding = 0, -1, set(), {}
         slot.idle_s, slot.dlq_failing = 0.0, ""
+        self._handover_dirty = True
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
 
     def _reaped(self, slot: Slot) -> None:
@@ -534,18 +646,14 @@ class Supervisor:
             if slot.process.pid:
                 mark_dead(slot.process.pid)
             slot.process.join(0)
-        if slot.conn is not None:
+        # Its process is gone, so a write in progress fails at once; never close a pipe a sender
+        # thread may still be writing to (the descriptor could be reused under it).
+        closed = slot.sender.close() if slot.sender is not None else True
+        if slot.conn is not None and closed:
             slot.conn.close()
-        slot.process, slot.conn, slot.sent = None, None, None
-
-    def _send(self, slot: Slot, msg: tuple) -> bool:
-        try:
-            if slot.conn is not None:
-                slot.conn.send(msg)
-                return True
-        except (BrokenPipeError, OSError):
-            pass
-        return False
+        slot.process, slot.conn, slot.sender, slot.sent = None, None, None, None
+        slot.outstanding, slot.hb_keys = {}, set()
+        self._handover_dirty = True  # what it held is free now
 
     def _kill_all(self) -> None:
         for slot in self.slots:

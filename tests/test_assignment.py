@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from relay.assignment import assign
+from relay.assignment import TablePlans, assign
 
 # Task keys as the supervisor builds them: (table, generation start µs, task id).
 GENERATION_US = 1_767_225_600_000_000
@@ -190,3 +190,126 @@ def test_movement_is_small_for_realistic_small_task_sets():
     """16 vnodes x 1-16 workers is the local stack's shape; 64-256 tasks a one-node Scylla."""
     violations = movement_violations([16, 64, 100, 256], range(1, 13))
     assert violations == [], f"{len(violations)} cases over the limit, e.g. {violations[:5]}"
+
+
+# --------------------------------------------------------------------------- per-table plans (TablePlans)
+
+def table_owners(plans: TablePlans) -> dict:
+    return {k: s for s in plans.slots for k in plans.of_slot(s)}
+
+
+def test_a_salt_moves_only_the_remainder_seats():
+    """Salting changes which slots get the remainder, never the balance."""
+    tasks = tasks_of(100)
+    for salt in ("shop.outbox", "billing.outbox", ""):
+        check_plan(tasks, list(range(16)), assign(tasks, list(range(16)), salt=salt))
+    loads = {salt: sorted(s for s, ts in assign(tasks, list(range(16)), salt=salt).items() if len(ts) == 7)
+             for salt in ("a.t", "b.t", "c.t", "d.t")}
+    assert len({tuple(v) for v in loads.values()}) > 1, f"every salt put the remainder on the same slots: {loads}"
+
+
+def test_small_tables_spread_over_the_workers():
+    """Ten one-task tables on 16 workers: not all on worker 0 (nor on any single one)."""
+    plans = TablePlans(range(16))
+    for i in range(10):
+        plans.update(f"ks.t{i}", [(f"ks.t{i}", GENERATION_US, 0)])
+    per_slot = Counter(table_owners(plans).values())
+    assert max(per_slot.values()) < 10
+    assert len(per_slot) >= 4, f"ten one-task tables landed on {dict(per_slot)}"
+
+
+def test_one_tables_generation_switch_moves_none_of_another_tables_tasks():
+    plans = TablePlans(range(16))
+    for table in ("a.outbox", "b.outbox", "c.outbox"):
+        plans.update(table, tasks_of(768, table))
+    before = table_owners(plans)
+    recomputed = plans.recomputed
+    # a.outbox switches generation: all its keys are new.
+    plans.update("a.outbox", [("a.outbox", GENERATION_US + 1, i) for i in range(768)])
+    after = table_owners(plans)
+    assert plans.recomputed == recomputed + 1, "only the switched table is re-planned"
+    assert {k: s for k, s in before.items() if k[0] != "a.outbox"} == \
+        {k: s for k, s in after.items() if k[0] != "a.outbox"}
+    assert sum(1 for k in after if k[0] == "a.outbox") == 768
+
+
+def test_a_tablet_split_in_one_table_moves_none_of_another_tables_tasks():
+    plans = TablePlans(range(5))
+    plans.update("a.outbox", tasks_of(40, "a.outbox"))
+    plans.update("b.outbox", tasks_of(33, "b.outbox"))
+    before = table_owners(plans)
+    plans.update("b.outbox", [("b.outbox", GENERATION_US + 7, i) for i in range(66)])  # each stream split in two
+    after = table_owners(plans)
+    assert all(after[k] == s for k, s in before.items() if k[0] == "a.outbox")
+
+
+def test_each_table_balanced_and_the_totals_too():
+    plans = TablePlans(range(16))
+    sizes = {"a.outbox": 768, "b.outbox": 770, "c.outbox": 20, "d.outbox": 3}
+    for table, n in sizes.items():
+        plans.update(table, tasks_of(n, table))
+    owners_ = table_owners(plans)
+    for table in sizes:
+        loads = Counter(s for k, s in owners_.items() if k[0] == table)
+        per_slot = [loads.get(s, 0) for s in range(16)]
+        assert max(per_slot) - min(per_slot) <= 1, f"{table}: {per_slot}"
+    totals = Counter(owners_.values())
+    spread = max(totals[s] for s in range(16)) - min(totals[s] for s in range(16))
+    assert spread <= len(sizes), f"totals {sorted(totals.values())}"  # each table adds at most one
+
+
+def test_same_tasks_no_recompute_and_same_plan():
+    plans = TablePlans(range(8))
+    keys = tasks_of(256, "a.outbox")
+    assert plans.update("a.outbox", keys)
+    first = table_owners(plans)
+    assert not plans.update("a.outbox", list(reversed(keys)))
+    assert plans.recomputed == 1
+    assert table_owners(plans) == first
+    # A fresh TablePlans, tables added in another order, gives the same plan: a function of the inputs.
+    other = TablePlans(reversed(range(8)))
+    other.update("b.outbox", tasks_of(10, "b.outbox"))
+    other.update("a.outbox", keys)
+    assert {k: s for k, s in table_owners(other).items() if k[0] == "a.outbox"} == first
+
+
+def test_a_table_without_tasks_leaves_the_plans():
+    plans = TablePlans(range(3))
+    plans.update("a.outbox", tasks_of(9, "a.outbox"))
+    assert plans.update("a.outbox", [])
+    assert plans.tables() == [] and all(plans.of_slot(s) == [] for s in range(3))
+    assert plans.owner(("a.outbox", GENERATION_US, 0)) is None
+
+
+def test_adding_a_worker_moves_about_its_share_per_table():
+    plans = TablePlans(range(4))
+    for table in ("a.outbox", "b.outbox"):
+        plans.update(table, tasks_of(768, table))
+    before = table_owners(plans)
+    assert plans.set_slots(range(5))
+    after = table_owners(plans)
+    for table in ("a.outbox", "b.outbox"):
+        n = sum(1 for k, s in after.items() if k[0] == table and before[k] != s)
+        assert n <= add_slot_limit(768, 4), f"{table}: {n} moved"
+        assert all(after[k] == 4 for k, s in before.items() if k[0] == table and after[k] != s), \
+            "only the new worker takes tasks"
+
+
+def test_the_plan_is_the_same_in_another_process_with_another_hash_seed():
+    """Plans must not depend on Python's per-process string hashing (a restarted supervisor plans the same)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from relay.assignment import assign; "
+            "tasks = [('shop.outbox', 1, i) for i in range(100)]; "
+            "print(json.dumps(assign(tasks, list(range(7)), salt='shop.outbox')))")
+    outs = []
+    for seed in ("1", "987654"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.append(subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                                   text=True).stdout)
+    here = assign([("shop.outbox", 1, i) for i in range(100)], list(range(7)), salt="shop.outbox")
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0]) == {str(k): [list(t) for t in v] for k, v in here.items()}
