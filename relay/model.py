@@ -43,7 +43,7 @@ class Task:
         return self.table, self.generation_us, self.task_id
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Change:
     """One CDC group: the rows of one (stream, cdc$time) up to `cdc$end_of_batch`."""
 

@@ -30,6 +30,9 @@ TaskKey = tuple[str, int, int]
 
 LIGHT_EVENTS = 1_000  # a task whose last window carried fewer events may share a query with others
 MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, one publish batch
+# Events a merged read may carry, by its tasks' last windows: with MAX_INFLIGHT reads on the wire
+# per worker, this bounds what a worker holds (a busy task reads alone, one page at a time).
+MAX_READ_EVENTS = 5_000
 BACKOFF_MAX_S = 10.0
 QUIET_AFTER_S = 2.0  # a task whose reads found nothing for this long (of CDC time) polls on the quiet grid
 QUIET_GRID_FACTOR = 2  # the quiet grid is this many live grid steps: half the queries of a silent cluster
@@ -218,9 +221,9 @@ class Schedule:
                 gk = ("alone", key, end)
             members = groups.get(gk)
             if members is None:
-                if len(order) == limit:  # no room for another read: due again at once
+                if len(order) == limit:  # no room for another read: the rest stay due, untouched
                     deferred.append(key)
-                    continue
+                    break
                 members = groups[gk] = []
                 order.append(gk)
             members.append(st)
@@ -236,7 +239,7 @@ class Schedule:
             for st in members:
                 # Bounded in streams (queries) and in the events their last windows carried (memory).
                 if chunk and (size + len(st.task.streams) > MAX_READ_STREAMS
-                              or events + st.last_events > windows.MAX_EVENTS_PER_WINDOW):
+                              or events + st.last_events > MAX_READ_EVENTS):
                     reads.append(self._read(chunk, gk))
                     chunk, size, events = [], 0, 0
                 chunk.append(st)

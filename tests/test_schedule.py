@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from relay import windows
 from relay.model import Task
-from relay.schedule import LIGHT_EVENTS, MAX_READ_STREAMS, Schedule
+from relay.schedule import LIGHT_EVENTS, MAX_READ_EVENTS, MAX_READ_STREAMS, Schedule
 
 S = 1_000_000
 NOW = 1_800_000_000 * S  # a fixed wall clock, µs
@@ -126,8 +126,8 @@ def test_merged_reads_are_bounded_by_their_events():
     started(sch, ts, NOW - 600 * S)
     drain(sch, NOW, events=LIGHT_EVENTS - 1)
     reads = sch.plan(NOW, 100)
-    per_read = windows.MAX_EVENTS_PER_WINDOW // (LIGHT_EVENTS - 1)
-    assert [len(r.keys) for r in reads] == [per_read, 30 - per_read]
+    per_read = MAX_READ_EVENTS // (LIGHT_EVENTS - 1)
+    assert [len(r.keys) for r in reads] == [per_read] * (30 // per_read) + [30 % per_read]
 
 
 def test_failure_backs_off_and_timeouts_shrink_the_window():
