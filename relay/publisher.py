@@ -112,6 +112,8 @@ class _Window:
         self.taken = 0
         self.pending = 0
         self.started = time.monotonic()
+        self.unmarked: list[OutboxEvent] = []  # acked, not yet handed to on_acked
+        self.marked_at = self.started
 
     def callback(self, i: int):
         def on_delivery(err, msg):  # runs inside poll()/flush(): record only
@@ -188,6 +190,7 @@ class Publisher:
                 left = len(self.producer)
             if self._window is not None:
                 self._collect(self._window)
+                self._hand_acks(self._window)
             if not left or time.monotonic() >= deadline:
                 return
 
@@ -228,6 +231,9 @@ class Publisher:
             if i % 100 == 99:  # keep reports flowing: a crash re-publishes only unmarked acks
                 self._step(w, 0, should_abort)
         self._await(w, should_abort)
+        if all(r is None for r in w.results):  # the common case: every record acked, nothing to decide
+            self._window = None
+            return PublishOutcome(earlier + w.events)
         reports = [self._fact(w, i) for i in range(len(events))]
         relearned = False
         while True:
@@ -288,6 +294,7 @@ class Publisher:
             err = exc.args[0]
             if err.fatal():
                 raise self._fatal(w, err, should_abort) from exc
+            self._hand_acks(w)
             raise
         fatal = self._collect(w)
         if fatal is not None:
@@ -295,6 +302,7 @@ class Publisher:
         if w.pending:
             self._watch(w)
         if should_abort():
+            self._hand_acks(w)
             raise PublishAborted(f"{w.pending} delivery reports outstanding")
 
     def _watch(self, w: _Window) -> None:
@@ -335,8 +343,19 @@ class Publisher:
             log.warning("kafka: delivery reports flowing again after %.0fs", time.monotonic() - self._tripped_at)
             self._tripped_at = None
         if acked:
-            self.on_acked(acked)  # mark dedup keys per poll batch, not per window
+            w.unmarked += acked
+        # Marked every ACK_POLL_S and when the window's last report is in, not per poll: one Redis
+        # call per few thousand acks instead of one per hundred, and a crash still re-publishes only
+        # the acks of the last few milliseconds.
+        if w.unmarked and (not w.pending or fatal is not None or time.monotonic() - w.marked_at >= ACK_POLL_S):
+            self._hand_acks(w)
         return fatal
+
+    def _hand_acks(self, w: _Window) -> None:
+        if w.unmarked:
+            acked, w.unmarked = w.unmarked, []
+            w.marked_at = time.monotonic()
+            self.on_acked(acked)
 
     def _fatal(self, w: _Window, err: KafkaError, should_abort: Callable[[], bool]) -> FatalProducerError:
         """Collect every report librdkafka still delivers (purged queue, in-flight acks) and mark
@@ -349,6 +368,7 @@ class Publisher:
             except KafkaException:
                 pass
             self._collect(w)
+        self._hand_acks(w)
         self._window = None
         delivered = [e for e, r in zip(w.events, w.results, strict=True) if r is None]
         return FatalProducerError(f"{err.name()}: {err.str()}", PublishOutcome(delivered))
