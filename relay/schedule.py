@@ -30,9 +30,9 @@ TaskKey = tuple[str, int, int]
 
 LIGHT_EVENTS = 1_000  # a task whose last window carried fewer events may share a query with others
 MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, one publish batch
-# Events a merged read may carry, by its tasks' last windows: with MAX_INFLIGHT reads on the wire
-# per worker, this bounds what a worker holds (a busy task reads alone, one page at a time).
-MAX_READ_EVENTS = 5_000
+# Events a merged read may carry, by its tasks' last windows: the same bound as one task's window
+# (the first page of each of its queries is all that travels ahead of the loop).
+MAX_READ_EVENTS = 20_000
 BACKOFF_MAX_S = 10.0
 QUIET_AFTER_S = 2.0  # a task whose reads found nothing for this long (of CDC time) polls on the quiet grid
 QUIET_GRID_FACTOR = 2  # the quiet grid is this many live grid steps: half the queries of a silent cluster
