@@ -293,8 +293,8 @@ class Supervisor:
                                              self.ttl_by_table.get(table, CDC_TTL_DEFAULT_S))
                 writes = first_start(((g, self._tasks_of(g)) for g in gens), instant)
                 retrier = Retrier(self.cfg)
-                for task, position in writes:
-                    retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save, task, position)
+                if writes:  # one unlogged batch per 100 rows of a partition, not a write per task
+                    retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save_many, writes)
                 self._first_start_done.add(table)
                 self._dirty_tables.add(table)
                 log.info("%s: first start, start_from=%s: reading from %s (%d checkpoints written)", table,
