@@ -27,10 +27,6 @@ class CheckpointStore:
             f"SELECT task_id, position, owner, updated_at FROM {keyspace}.checkpoints "
             f"WHERE source_table = ? AND generation = ?")
 
-    def save(self, task: Task, position_us: int) -> None:
-        self.session.execute(self._save, (position_uuid(position_us), self.owner, datetime.now(UTC), task.table,
-                                          as_datetime(task.generation_us), task.task_id))
-
     def save_many(self, rows: list[tuple[Task, int]]) -> None:
         """Positions of many tasks: one unlogged batch per (table, generation) partition (all rows of a
         batch share it, so Scylla applies it on one replica set without a batch log)."""

@@ -12,13 +12,10 @@ hashes stream ids with Murmur3 like any key.
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Hashable
 
 from cassandra.policies import TokenAwarePolicy
-
-log = logging.getLogger(__name__)
 
 CDC_PARTITIONER = "com.scylladb.dht.CDCPartitioner"
 REFRESH_S = 60.0  # topology changes are rare; a stale grouping is only slower, never wrong

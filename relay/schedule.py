@@ -189,9 +189,8 @@ class Schedule:
         """Up to `limit` reads due now, oldest due first; light tasks sharing a window merged."""
         if limit <= 0 or now_us < self.paused_until_us:
             return []
-        groups: dict[Hashable, list[TaskState]] = {}
+        groups: dict[Hashable, tuple[int, list[TaskState]]] = {}  # group key -> (window end, tasks)
         order: list[Hashable] = []
-        deferred: list[TaskKey] = []
         limit_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
         quiet_limit_us = limit_us - limit_us % self.quiet_grid_us
         heap, states = self._heap, self.states
@@ -201,13 +200,9 @@ class Schedule:
             if st is None or st.busy or st.finished or st.position_us is None or st.due_us != due:
                 continue  # a stale heap entry
             quiet = st.position_us >= st.active_until_us > 0
-            end = min(st.position_us + int(st.window_s * 1_000_000), quiet_limit_us if quiet else limit_us)
-            goal = st.goal_us
-            if goal is not None and goal < end:
-                end = goal
-            end -= end % 1000  # minTimeuuid() takes milliseconds
-            if end <= st.position_us:
-                if goal is not None and st.position_us >= goal:
+            end = windows.window_end(st.position_us, st.window_s, quiet_limit_us if quiet else limit_us, st.goal_us)
+            if end is None:
+                if st.goal_us is not None and st.position_us >= st.goal_us:
                     st.finished = True
                     self._moved_now(st, now_us)
                 else:
@@ -219,34 +214,32 @@ class Schedule:
                 gk: Hashable = (t.table, t.generation_us, st.position_us, end, self.group_of(t))
             else:
                 gk = ("alone", key, end)
-            members = groups.get(gk)
-            if members is None:
+            group = groups.get(gk)
+            if group is None:
                 if len(order) == limit:  # no room for another read: the rest stay due, untouched
-                    deferred.append(key)
+                    self._push(key, now_us)
                     break
-                members = groups[gk] = []
+                group = groups[gk] = (end, [])
                 order.append(gk)
-            members.append(st)
+            group[1].append(st)
             st.busy = True
             st.due_us = -1
-        for key in deferred:
-            self._push(key, now_us)
         reads: list[Read] = []
         for gk in order:
-            members = groups[gk]
+            end, members = groups[gk]
             chunk: list[TaskState] = []
             size = events = 0
             for st in members:
                 # Bounded in streams (queries) and in the events their last windows carried (memory).
                 if chunk and (size + len(st.task.streams) > MAX_READ_STREAMS
                               or events + st.last_events > MAX_READ_EVENTS):
-                    reads.append(self._read(chunk, gk))
+                    reads.append(self._read(chunk, end))
                     chunk, size, events = [], 0, 0
                 chunk.append(st)
                 size += len(st.task.streams)
                 events += max(0, st.last_events)
             if chunk:
-                reads.append(self._read(chunk, gk))
+                reads.append(self._read(chunk, end))
         return reads
 
     def next_due_us(self) -> int | None:
@@ -312,9 +305,8 @@ class Schedule:
                 del self._moved[part]
                 self._urgent.discard(part)
 
-    def _read(self, members: list[TaskState], gk) -> Read:
+    def _read(self, members: list[TaskState], end: int) -> Read:
         first = members[0]
-        end = gk[3] if gk[0] != "alone" else gk[2]
         return Read(first.task.table, first.task.generation_us, first.position_us, end,
                     tuple(st.task.key for st in members),
                     tuple(s for st in members for s in st.task.streams))

@@ -1,5 +1,6 @@
-"""Window decisions of a task (DESIGN §3): where the next window ends, how wide it is, when its
-checkpoint is written. Pure: the worker feeds positions, clocks and outcomes, and acts on the answers.
+"""Window decisions of a task (DESIGN §3): where the newest readable instant is, where the next
+window ends, how wide it is, when a caught-up task may read again. Pure: fed positions, clocks and
+outcomes (relay.schedule acts on the answers).
 """
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ def readable_limit(now_us: int, confidence_s: float, clock_ahead_s: float, grid_
     return limit
 
 
-def window_end(position_us: int, window_s: float, now_us: int, confidence_s: float, clock_ahead_s: float,
-               goal_us: int | None, grid_us: int = 0) -> int | None:
-    """The end of the next window, or None when nothing may be read yet."""
-    limit = readable_limit(now_us, confidence_s, clock_ahead_s, grid_us)
-    end = min(position_us + int(window_s * 1_000_000), limit)
+def window_end(position_us: int, window_s: float, limit_us: int, goal_us: int | None) -> int | None:
+    """The end of the next window, given the newest readable instant (`readable_limit`, computed
+    once for many tasks), or None when nothing may be read yet."""
+    end = min(position_us + int(window_s * 1_000_000), limit_us)
     if goal_us is not None:
         end = min(end, goal_us)
     end -= end % 1000  # minTimeuuid() takes milliseconds

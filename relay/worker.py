@@ -18,7 +18,6 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from relay.clock import SAMPLE_INTERVAL_S, ClockSkew
@@ -35,15 +34,6 @@ MAX_INFLIGHT = 8  # window reads on the wire per worker (each up to ten IN queri
 BEAT_INTERVAL_S = 1.0
 TTL_WARN_EVERY_S = 300.0
 START_RETRY_S = 2.0
-
-
-@dataclass
-class WindowResult:
-    events: dict[tuple, int] = field(default_factory=dict)  # task key → events (and poisons) read
-    published: int = 0
-    deduplicated: int = 0
-    dead_lettered: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def now_us() -> int:
@@ -67,7 +57,6 @@ class Worker:
         self.assign_seq = 0
         self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
         self._start_retry_at = 0.0
-        self._groups: dict[tuple, object] = {}
         self._send_lock = threading.Lock()
         self._progress_at = time.monotonic()
         self._ttl_warned: dict[str, float] = {}
@@ -218,11 +207,7 @@ class Worker:
     def _group_of(self, task: Task):
         """The replica set of a task's streams (a vnode's streams share one): the schedule merges only
         tasks of one replica set into a query, so it can go to a replica of them all."""
-        group = self._groups.get(task.key)
-        if group is None:
-            router = self.routers.get(task.table)
-            group = self._groups[task.key] = router.replica_set(task.streams[0]) if router and task.streams else None
-        return group
+        return self.routers[task.table].replica_set(task.streams[0]) if task.streams else None
 
     def _beat_forever(self) -> None:
         while True:
@@ -274,8 +259,6 @@ class Worker:
                 self._write_checkpoints(rows)  # the next owner starts where this one stopped
             except Exception:  # noqa: BLE001 - it then re-reads a few seconds, and dedup drops them
                 log.warning("checkpoints of %d revoked tasks failed", len(rows))
-        for key in keys:
-            self._groups.pop(key, None)
 
     def ttl_of(self, table: str) -> int:
         return self.ttl_by_table.get(table, CDC_TTL_DEFAULT_S)
@@ -410,7 +393,7 @@ class Worker:
             return
         where = f"{read.table} ({len(read.keys)} task{'s' if len(read.keys) > 1 else ''})"
         try:
-            result = self._relay(read, pending)
+            events = self._relay(read, pending)
         except CircuitBreakerError:
             # An open breaker pauses all reading in this worker until it may half-open.
             pause = min(self.cfg.breaker.reset_timeout_seconds, 5.0)
@@ -444,7 +427,7 @@ class Worker:
                 log.exception("%s: window failed", where)
             sch.failed(read, f"{exc.__class__.__name__}: {exc}", now_us())
         else:
-            sch.done(read, result.events, now_us())
+            sch.done(read, events, now_us())
 
     def _read(self, read: Read, pending) -> list:
         from relay.retry import cql_errors
@@ -462,34 +445,32 @@ class Worker:
         states = self.schedule.states
         return {s: key for key in read.keys if key in states for s in states[key].task.streams}
 
-    def _relay(self, read: Read, pending) -> WindowResult:
+    def _relay(self, read: Read, pending) -> dict[tuple, int]:
+        """Relay one read; returns each task's count of events (and poison) read, which sizes its next window."""
         from relay.publisher import FatalProducerError, TransientPublishError
 
         table = read.table
         m = self.metrics
-        res = WindowResult()
+        counts: dict[tuple, int] = {}
+        skipped: dict[str, int] = {}
         t0 = time.monotonic()
         changes = self._read(read, pending)
         m.cql_read.labels(table).observe(time.monotonic() - t0)
         if not changes:
-            return res  # an empty window touches neither Redis nor Kafka
-        events, poisons = self.mappers[table].map_changes(changes, res.skipped)
+            return counts  # an empty window touches neither Redis nor Kafka
+        events, poisons = self.mappers[table].map_changes(changes, skipped)
         if len(read.keys) == 1:
-            res.events[read.keys[0]] = len(events) + len(poisons)
-        else:  # a merged read: each task's own count sizes its next window
+            counts[read.keys[0]] = len(events) + len(poisons)
+        else:  # a merged read: each task's own count
             owner = self._task_of_stream(read)
-            counts = res.events
-            for e in events:
-                key = owner[e.stream_id]
-                counts[key] = counts.get(key, 0) + 1
-            for p in poisons:
-                key = owner[p.event.stream_id]
+            for stream in [e.stream_id for e in events] + [p.event.stream_id for p in poisons]:
+                key = owner[stream]
                 counts[key] = counts.get(key, 0) + 1
         m.events_read.labels(table).inc(sum(len(c.rows) for c in changes))
-        for op, n in res.skipped.items():
+        for op, n in skipped.items():
             m.events_skipped.labels(table, op).inc(n)
         if not events and not poisons:
-            return res
+            return counts
 
         # Marks an outage left unwritten go first: the dedup check below must see them.
         self._mark_pending()
@@ -514,10 +495,7 @@ class Worker:
         if failed:
             self._dead_letter(failed)
         self._mark_pending()  # pause mode: raises (no checkpoint) until Redis has every mark
-        res.published = len(outcome.delivered)
-        res.deduplicated = len(seen)
-        res.dead_lettered = len(failed)
-        return res
+        return counts
 
     def _dead_letter(self, failed: list[tuple[OutboxEvent, str, str]]) -> None:
         from relay.retry import dlq_errors

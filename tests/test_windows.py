@@ -8,20 +8,21 @@ NOW = 1_800_000_000 * S
 
 
 def test_window_stops_at_the_confidence_bound():
-    assert windows.window_end(NOW - 60 * S, 10, NOW, 10, 0, None) == NOW - 50 * S
-    assert windows.window_end(NOW - 12 * S, 10, NOW, 10, 0, None) == NOW - 10 * S
+    assert windows.window_end(NOW - 60 * S, 10, windows.readable_limit(NOW, 10, 0), None) == NOW - 50 * S
+    assert windows.window_end(NOW - 12 * S, 10, windows.readable_limit(NOW, 10, 0), None) == NOW - 10 * S
 
 
 def test_clock_running_ahead_holds_the_window_back():
-    assert windows.window_end(NOW - 12 * S, 10, NOW, 10, 1.5, None) == NOW - 11_500_000
-    assert windows.window_end(NOW - 11 * S, 10, NOW, 10, 1.5, None) is None
+    assert windows.window_end(NOW - 12 * S, 10, windows.readable_limit(NOW, 10, 1.5), None) == NOW - 11_500_000
+    assert windows.window_end(NOW - 11 * S, 10, windows.readable_limit(NOW, 10, 1.5), None) is None
     # A clock behind the cluster's does not let relay read closer to now.
-    assert windows.window_end(NOW - 12 * S, 10, NOW, 10, -5, None) == NOW - 10 * S
+    assert windows.window_end(NOW - 12 * S, 10, windows.readable_limit(NOW, 10, -5), None) == NOW - 10 * S
 
 
 def test_window_stops_at_the_goal_and_on_milliseconds():
-    assert windows.window_end(NOW - 60 * S, 10, NOW, 10, 0, NOW - 55 * S + 1234) == NOW - 55 * S + 1000
-    assert windows.window_end(NOW - 60 * S, 10, NOW, 10, 0, NOW - 60 * S) is None
+    limit = windows.readable_limit(NOW, 10, 0)
+    assert windows.window_end(NOW - 60 * S, 10, limit, NOW - 55 * S + 1234) == NOW - 55 * S + 1000
+    assert windows.window_end(NOW - 60 * S, 10, limit, NOW - 60 * S) is None
 
 
 def test_window_sizes():
@@ -42,8 +43,9 @@ def test_grid_snaps_the_readable_limit_down():
     grid = 250_000
     limit = windows.readable_limit(NOW + 100_000, 10, 0, grid)
     assert limit % grid == 0 and NOW - 10 * S - grid < limit <= NOW + 100_000 - 10 * S
-    assert windows.window_end(NOW - 20 * S, 10, NOW + 100_000, 10, 0, None, grid) == NOW - 10 * S
-    assert windows.window_end(NOW - 10 * S, 10, NOW + 100_000, 10, 0, None, grid) is None, "no partial grid step"
+    later = windows.readable_limit(NOW + 100_000, 10, 0, grid)
+    assert windows.window_end(NOW - 20 * S, 10, later, None) == NOW - 10 * S
+    assert windows.window_end(NOW - 10 * S, 10, later, None) is None, "no partial grid step"
 
 
 def test_next_readable_at_is_the_next_grid_point_plus_confidence():
@@ -52,5 +54,5 @@ def test_next_readable_at_is_the_next_grid_point_plus_confidence():
     assert windows.next_readable_at(NOW + 1, 10, 0.5, grid) == NOW + grid + 10_500_000
     pos = NOW - 10 * S
     at = windows.next_readable_at(pos, 10, 0, grid)
-    assert windows.window_end(pos, 10, at, 10, 0, None, grid) == pos + grid
-    assert windows.window_end(pos, 10, at - 1, 10, 0, None, grid) is None
+    assert windows.window_end(pos, 10, windows.readable_limit(at, 10, 0, grid), None) == pos + grid
+    assert windows.window_end(pos, 10, windows.readable_limit(at - 1, 10, 0, grid), None) is None
