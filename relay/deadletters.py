@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay.model import OutboxEvent
+from relay.model import OutboxEvent, cdc_time_uuid
 
 _KEY = "source_table = ? AND day = ? AND cdc_time = ? AND stream_id = ? AND batch_seq_no = ?"
 
@@ -31,7 +31,7 @@ class DeadLetterWriter:
               now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
         day = datetime.fromtimestamp(event.cdc_time_us / 1e6, tz=UTC).date()
-        key = (event.source, day, event.cdc_time, event.stream_id, event.batch_seq_no)
+        key = (event.source, day, cdc_time_uuid(event.cdc_time), event.stream_id, event.batch_seq_no)
         first, status = now, "pending"
         row = self.session.execute(self._read, key).one()
         if row is not None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from hashlib import blake2b
 
-from relay.model import OutboxEvent
+from relay.model import OutboxEvent, cdc_time_bytes
 
 
 class DedupUnavailable(Exception):
@@ -81,7 +81,7 @@ def digest(event: OutboxEvent) -> bytes:
     d = event.dedup_digest
     if d is None:
         d = event.dedup_digest = blake2b(
-            event.stream_id + event.cdc_time.bytes + event.batch_seq_no.to_bytes(4, "big", signed=True),
+            event.stream_id + cdc_time_bytes(event.cdc_time) + event.batch_seq_no.to_bytes(4, "big", signed=True),
             digest_size=DIGEST_BYTES).digest()
     return d
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from relay.config import TableConfig
-from relay.model import Change, OutboxEvent
+from relay.model import CdcTime, Change, OutboxEvent
 from relay.timeuuid import _UUID_EPOCH_OFFSET
 
 OPS = {"update": 1, "insert": 2}
@@ -200,9 +200,9 @@ class Mapper:
         return event
 
 
-def _micros(u: uuid.UUID) -> int:
-    """timeuuid.to_micros from the uuid's int at once (UUID.time reads three properties)."""
-    i = u.int
+def _micros(t: CdcTime) -> int:
+    """timeuuid.to_micros from the timeuuid's bits at once (UUID.time reads three properties)."""
+    i = int.from_bytes(t, "big") if type(t) is bytes else t.int  # type: ignore[union-attr]
     return ((((i >> 64) & 0x0FFF) << 48 | ((i >> 80) & 0xFFFF) << 32 | (i >> 96)) - _UUID_EPOCH_OFFSET) // 10
 
 

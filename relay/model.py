@@ -13,6 +13,19 @@ HEADER_CDC_TIME = "cdc_time"
 RESERVED_HEADERS = frozenset({HEADER_ID, HEADER_EVENT_TYPE, HEADER_AGGREGATE_TYPE, HEADER_SOURCE, HEADER_CDC_TIME})
 
 
+# A `cdc$time` timeuuid: its 16 bytes as the reader fetches it (a uuid.UUID costs ~3 µs per row to
+# decode), or a uuid.UUID where tools and tests build one. `cdc_time_bytes`/`cdc_time_uuid` convert.
+CdcTime = bytes | uuid.UUID
+
+
+def cdc_time_bytes(t: CdcTime) -> bytes:
+    return t if type(t) is bytes else t.bytes  # type: ignore[union-attr]
+
+
+def cdc_time_uuid(t: CdcTime) -> uuid.UUID:
+    return uuid.UUID(bytes=t) if type(t) is bytes else t  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Generation:
     """A period with one stream set: a vnode generation (all tables) or a tablets table's stream set."""
@@ -48,7 +61,7 @@ class Change:
     """One CDC group: the rows of one (stream, cdc$time) up to `cdc$end_of_batch`."""
 
     stream_id: bytes
-    cdc_time: uuid.UUID
+    cdc_time: CdcTime
     rows: tuple  # in batch_seq_no order: dicts (column name -> value), or tuples when `columns` is set
     columns: tuple[str, ...] | None = None  # the column order of tuple rows (one object shared by a page)
 
@@ -66,7 +79,7 @@ class OutboxEvent:
 
     source: str  # ks.table
     stream_id: bytes
-    cdc_time: uuid.UUID
+    cdc_time: CdcTime
     cdc_time_us: int
     batch_seq_no: int
     event_id: str
@@ -80,7 +93,7 @@ class OutboxEvent:
     dedup_digest: bytes | None = field(default=None, repr=False, compare=False)  # computed once, by relay.dedup
 
     @property
-    def identity(self) -> tuple[bytes, uuid.UUID, int]:
+    def identity(self) -> tuple[bytes, CdcTime, int]:
         """(stream, cdc$time, batch_seq_no): unique per CDC log row, used for dedup and dead letters."""
         return self.stream_id, self.cdc_time, self.batch_seq_no
 

@@ -10,6 +10,9 @@ Why it is shaped this way:
   [start, end); tasks whose last windows were light and whose streams share a replica set are
   merged into one `Read`, which the reader sends as a few `IN` queries of at most 100 streams.
   768 idle vnodes then cost a handful of queries per grid step instead of 768.
+- A task not read yet is merged too, a bounded number per read (UNKNOWN_EVENTS): a backlog of
+  many light vnodes drains in reads of thousands of events, so the per-read costs (a query, a
+  flush, two Redis calls, ~1 ms) stay small beside the per-event ones.
 - A busy task reads alone and is due again at once, so it never waits behind idle ones; due tasks
   are served oldest-first from a heap, so a backlog cannot starve live tasks either.
 - Positions move in memory; they are saved per (table, generation) partition at most
@@ -29,6 +32,11 @@ from relay.model import Task
 TaskKey = tuple[str, int, int]
 
 LIGHT_EVENTS = 1_000  # a task whose last window carried fewer events may share a query with others
+# A task not read yet counts as this many events when reads are merged: its first windows are merged
+# too (a backlog of 256 light vnodes is drained in reads of thousands of events, not one read per
+# vnode window, each paying a query, a flush and two Redis calls), but never more than
+# MAX_READ_EVENTS / UNKNOWN_EVENTS of them in one read, in case they are not light.
+UNKNOWN_EVENTS = LIGHT_EVENTS
 MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, one publish batch
 # Events a merged read may carry, by its tasks' last windows: the same bound as one task's window
 # (the first page of each of its queries is all that travels ahead of the loop).
@@ -47,7 +55,7 @@ class TaskState:
     failures: int = 0
     finished: bool = False  # reached its generation's end (or the run's --until)
     busy: bool = False  # a read of it is in flight
-    last_events: int = -1  # events in its last window; -1 = unknown yet, so it reads alone
+    last_events: int = -1  # events in its last window; -1 = not read yet (see UNKNOWN_EVENTS)
     last_error: str = ""
     saved_us: int | None = None  # position last written to the checkpoint table
     goal_us: int | None = None  # where it stops: its generation's end or the run's --until
@@ -210,7 +218,7 @@ class Schedule:
                                                              self.quiet_grid_us if quiet else self.grid_us))
                 continue
             t = st.task
-            if 0 <= st.last_events < LIGHT_EVENTS:
+            if st.last_events < LIGHT_EVENTS:  # light, or not read yet
                 gk: Hashable = (t.table, t.generation_us, st.position_us, end, self.group_of(t))
             else:
                 gk = ("alone", key, end)
@@ -231,13 +239,14 @@ class Schedule:
             size = events = 0
             for st in members:
                 # Bounded in streams (queries) and in the events their last windows carried (memory).
+                expected = st.last_events if st.last_events >= 0 else UNKNOWN_EVENTS
                 if chunk and (size + len(st.task.streams) > MAX_READ_STREAMS
-                              or events + st.last_events > MAX_READ_EVENTS):
+                              or events + expected > MAX_READ_EVENTS):
                     reads.append(self._read(chunk, end))
                     chunk, size, events = [], 0, 0
                 chunk.append(st)
                 size += len(st.task.streams)
-                events += max(0, st.last_events)
+                events += expected
             if chunk:
                 reads.append(self._read(chunk, end))
         return reads

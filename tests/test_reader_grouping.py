@@ -14,6 +14,7 @@ import pytest
 from harness import outbox_ddl, write_config
 
 from relay import timeuuid
+from relay.model import cdc_time_bytes
 from relay.reader import LogReader, log_table
 
 S1 = bytes.fromhex("11" * 16)
@@ -356,7 +357,8 @@ def test_real_routed_reader_with_only_mapped_columns_reads_what_select_star_read
     assert len({router.replica_set(s) for s in streams}) == 1, "one node: one replica set"
 
     def view(changes, cols=("aggregate_id", "event_type", "payload", "cdc$batch_seq_no")):
-        return [(c.stream_id, c.cdc_time, [tuple(row.get(k) for k in cols) for row in c.dict_rows]) for c in changes]
+        return [(c.stream_id, cdc_time_bytes(c.cdc_time), [tuple(row.get(k) for k in cols) for row in c.dict_rows])
+                for c in changes]
 
     want = view(plain.read(streams, base, base + 40_000))
     assert len(want) == 40
@@ -364,3 +366,9 @@ def test_real_routed_reader_with_only_mapped_columns_reads_what_select_star_read
         assert view(lean.read(streams, base, base + 40_000, lean.start(streams, base, base + 40_000))) == want
     row = lean.read(streams, base, base + 1000).__next__().dict_rows[0]
     assert "cdc$operation" in row and "id" not in row, "only the CDC metadata and the mapped columns are read"
+    # cdc$time comes as the timeuuid's bytes, a mapped uuid column as its text: what the mapping makes of them.
+    assert type(lean.read(streams, base, base + 1000).__next__().cdc_time) is bytes
+    with_id = LogReader(plain.session, table, "auto", columns=("id", "aggregate_id"))
+    ids = [r["id"] for c in with_id.read(streams, base, base + 40_000) for r in c.dict_rows]
+    assert ids == [str(r["id"]) for c in plain.read(streams, base, base + 40_000) for r in c.dict_rows]
+    assert len(ids) == 40 and all(type(i) is str for i in ids)
