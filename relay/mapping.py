@@ -16,7 +16,7 @@ import operator
 import re
 import string
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from relay.config import TableConfig
@@ -26,7 +26,7 @@ from relay.timeuuid import _UUID_EPOCH_OFFSET
 OPS = {"update": 1, "insert": 2}
 OP_NAMES = {0: "preimage", 1: "update", 2: "insert", 3: "row_delete", 4: "partition_delete",
             5: "range_delete", 6: "range_delete", 7: "range_delete", 8: "range_delete", 9: "postimage"}
-OPERATION, BATCH_SEQ_NO = "cdc$operation", "cdc$batch_seq_no"
+OPERATION, BATCH_SEQ_NO, STREAM, TIME = "cdc$operation", "cdc$batch_seq_no", "cdc$stream_id", "cdc$time"
 # The placeholders a topic takes by fast path: the event's own text fields.
 _TEXT_ALIASES = ("event_id", "aggregate_type", "aggregate_id", "event_type")
 _TOPIC_CACHE_MAX = 10_000  # distinct placeholder values remembered (bounded: {aggregate_id} is unbounded)
@@ -82,7 +82,7 @@ class Mapper:
         keep = self._keep
         for values in self._values(change):
             if values[0] in keep:
-                yield self._event(change, cdc_us, values)
+                yield self._event(change.stream_id, change.cdc_time, cdc_us, values)
             else:
                 _skip(values[0], skipped)
 
@@ -97,7 +97,34 @@ class Mapper:
             cdc_us = _micros(change.cdc_time)
             for values in values_of(change):
                 if values[0] in keep:
-                    item = event(change, cdc_us, values)
+                    item = event(change.stream_id, change.cdc_time, cdc_us, values)
+                    (events if type(item) is OutboxEvent else poisons).append(item)  # type: ignore[arg-type]
+                else:
+                    _skip(values[0], skipped)
+        return events, poisons
+
+    def map_pages(self, pages: Iterable[tuple[tuple[str, ...], Sequence[tuple]]], skipped: dict[str, int]
+                  ) -> tuple[list[OutboxEvent], list[Poison]]:
+        """`map_changes` straight from the reader's pages (relay.reader.LogReader.read_pages): rows in
+        log order, each with its page's column names. No CDC group is built: every row of a group
+        shares its stream and cdc$time, which is all the mapping takes from the group."""
+        events: list[OutboxEvent] = []
+        poisons: list[Poison] = []
+        keep, event = self._keep, self._event
+        last_time: object = None
+        cdc_us = 0
+        for names, rows in pages:
+            if not rows:
+                continue
+            si, ti = names.index(STREAM), names.index(TIME)
+            whole, get, index = self._tuple_getter(names)
+            for row in rows:
+                values = get(row) if whole else tuple([None if i is None else row[i] for i in index])  # type: ignore[misc]
+                if values[0] in keep:
+                    t = row[ti]
+                    if t != last_time:
+                        cdc_us, last_time = _micros(t), t
+                    item = event(row[si], t, cdc_us, values)
                     (events if type(item) is OutboxEvent else poisons).append(item)  # type: ignore[arg-type]
                 else:
                     _skip(values[0], skipped)
@@ -129,14 +156,14 @@ class Mapper:
         self._last_names, self._last = names, got
         return got
 
-    def _event(self, change: Change, cdc_us: int, values: tuple) -> OutboxEvent | Poison:
+    def _event(self, stream_id: bytes, cdc_time: CdcTime, cdc_us: int, values: tuple) -> OutboxEvent | Poison:
         _, seq, raw_id, raw_atype, raw_agg, raw_etype, payload = values[:7]
         event_id = raw_id if type(raw_id) is str else _text(raw_id)
         aggregate_type = raw_atype if type(raw_atype) is str else _text(raw_atype)
         aggregate_id = raw_agg if type(raw_agg) is str else _text(raw_agg)
         event_type = raw_etype if type(raw_etype) is str else _text(raw_etype)
         event = OutboxEvent(
-            self.source, change.stream_id, change.cdc_time, cdc_us, seq if type(seq) is int else int(seq or 0),
+            self.source, stream_id, cdc_time, cdc_us, seq if type(seq) is int else int(seq or 0),
             event_id or "", aggregate_type or "", aggregate_id or "", event_type or "", "",
             (aggregate_id or "").encode(), None)
         ptype = type(payload)

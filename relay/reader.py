@@ -145,9 +145,12 @@ class LogReader:
             self.router.route(bound, part[0])  # an IN has no routing key of its own; its streams share replicas
         return bound
 
-    def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int,
-             future: PendingRead | None = None) -> Iterator[Change]:
-        """Changes with start <= cdc$time < end (ms bounds, as minTimeuuid takes), in stream order."""
+    def read_pages(self, streams: tuple[bytes, ...], start_us: int, end_us: int,
+                   future: PendingRead | None = None) -> Iterator[tuple[tuple[str, ...], list]]:
+        """The rows with start <= cdc$time < end (ms bounds, as minTimeuuid takes), in stream order,
+        page by page: (the page's column names, its rows as tuples). The worker maps rows straight
+        from pages (relay.mapping.Mapper.map_pages): a Change object per CDC group cost more than
+        mapping the row. Each page carries its own names: ALTER TABLE may change them mid-read."""
         # A handle started for other streams (the task changed in between) is not used: read afresh.
         if future is not None and future.streams == tuple(streams):
             results = (f.result() for f in future.futures)
@@ -155,21 +158,27 @@ class LogReader:
             results = (self.session.execute(self._bind(p, start_us, end_us))
                        for p in split_streams(streams, self.max_in_keys))
         for rs in results:
-            yield from self._changes(rs)
+            while True:
+                yield tuple(rs.column_names), rs.current_rows
+                if not rs.has_more_pages:
+                    break
+                rs.fetch_next_page()
 
-    def _changes(self, rs) -> Iterator[Change]:
-        """One sub-query's rows as changes. A group never spans two sub-queries: its stream is in one.
+    def read(self, streams: tuple[bytes, ...], start_us: int, end_us: int,
+             future: PendingRead | None = None) -> Iterator[Change]:
+        """The same rows grouped into changes (one CDC group each), for tools and tests."""
+        return self._changes(self.read_pages(streams, start_us, end_us, future))
 
-        Rows stay the driver's tuples, with the page's column names beside them (`Change.columns`):
-        building a dict per row cost more than mapping it."""
+    def _changes(self, pages: Iterator[tuple[tuple[str, ...], list]]) -> Iterator[Change]:
+        """Rows as changes. A group may span pages, never sub-queries (its stream is in one).
+
+        Rows stay the driver's tuples, with the page's column names beside them (`Change.columns`)."""
         group: list = []
         names: tuple[str, ...] | None = None  # the columns of the rows in `group`
         key: tuple[bytes, object] | None = None
-        while True:
-            # Decode by each page's own column names: ALTER TABLE may change them mid-read.
-            page_names = tuple(rs.column_names)
+        for page_names, page_rows in pages:
             si, ti, ei = page_names.index(STREAM), page_names.index(TIME), page_names.index(END)
-            for raw in rs.current_rows:
+            for raw in page_rows:
                 row_key = (raw[si], raw[ti])
                 if key is not None and row_key != key and group:
                     log.warning("%s: CDC group %s ended without cdc$end_of_batch", self.table, key[1])
@@ -188,9 +197,6 @@ class LogReader:
                 if raw[END] if isinstance(raw, dict) else raw[ei]:
                     yield _change(key, group, names)
                     group, key = [], None
-            if not rs.has_more_pages:
-                break
-            rs.fetch_next_page()
         if group and key is not None:
             log.warning("%s: CDC group %s ended without cdc$end_of_batch", self.table, key[1])
             yield _change(key, group, names)

@@ -437,7 +437,7 @@ class Worker:
 
         def attempt():
             handle, first[0] = first[0], None
-            return list(reader.read(read.streams, read.start_us, read.end_us, handle))
+            return list(reader.read_pages(read.streams, read.start_us, read.end_us, handle))
 
         return self.retrier.call("cql_read", cql_errors(), attempt)
 
@@ -454,11 +454,12 @@ class Worker:
         counts: dict[tuple, int] = {}
         skipped: dict[str, int] = {}
         t0 = time.monotonic()
-        changes = self._read(read, pending)
+        pages = self._read(read, pending)
         m.cql_read.labels(table).observe(time.monotonic() - t0)
-        if not changes:
+        rows = sum(len(page) for _, page in pages)
+        if not rows:
             return counts  # an empty window touches neither Redis nor Kafka
-        events, poisons = self.mappers[table].map_changes(changes, skipped)
+        events, poisons = self.mappers[table].map_pages(pages, skipped)
         if len(read.keys) == 1:
             counts[read.keys[0]] = len(events) + len(poisons)
         else:  # a merged read: each task's own count
@@ -466,7 +467,7 @@ class Worker:
             for stream in [e.stream_id for e in events] + [p.event.stream_id for p in poisons]:
                 key = owner[stream]
                 counts[key] = counts.get(key, 0) + 1
-        m.events_read.labels(table).inc(sum(len(c.rows) for c in changes))
+        m.events_read.labels(table).inc(rows)
         for op, n in skipped.items():
             m.events_skipped.labels(table, op).inc(n)
         if not events and not poisons:

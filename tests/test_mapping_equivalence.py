@@ -199,6 +199,23 @@ def test_same_events_and_poison_as_the_reference(table):
         assert tuple_skipped == want_skipped
         assert Mapper(table).map_changes(tuple_changes, {}) == (events, poisons)
 
+    # Straight from the reader's pages (no CDC groups), pages cutting through groups; cdc$time as the
+    # reader fetches it (its 16 bytes) or as a UUID.
+    for names in column_orders(changes):
+        for as_bytes in (False, True):
+            page_names = ("cdc$stream_id", "cdc$time", *names)
+            rows = [(c.stream_id, c.cdc_time.bytes if as_bytes else c.cdc_time, *(r.get(n) for n in names))
+                    for c in changes for r in c.rows]
+            pages = [(page_names, rows[i:i + 7]) for i in range(0, len(rows), 7)] + [(page_names, [])]
+            page_skipped: dict[str, int] = {}
+            got_events, got_poisons = Mapper(table).map_pages(pages, page_skipped)
+            assert page_skipped == want_skipped
+            if as_bytes:
+                assert [type(e.cdc_time) for e in got_events] == [bytes] * len(events)
+                for e in got_events + [p.event for p in got_poisons]:
+                    e.cdc_time = uuid.UUID(bytes=e.cdc_time)
+            assert (got_events, got_poisons) == (events, poisons)
+
 
 def test_tuple_rows_without_a_mapped_column_read_it_as_null():
     table = TableConfig(name="shop.outbox")
