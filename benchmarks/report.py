@@ -132,6 +132,10 @@ def _cores(m: dict | None) -> str:
             f"{m['other_cores']:.2f}")
 
 
+def first_nice(live: dict) -> str:
+    return str(next((p.get("loadgen_nice") for p in live["points"].values() if "loadgen_nice" in p), "0"))
+
+
 def _fmt(x, nd: int = 0, unit: str = "") -> str:
     if x is None:
         return "–"
@@ -219,7 +223,8 @@ def live_md(d: dict) -> list[str]:
                   + (f" **Not seen on relay's /metrics: {', '.join(live['metrics_missing'])}** (read as 0)."
                      if live.get("metrics_missing") else ""), ""]
     if live["points"]:
-        lines += ["### Latency (steady load from loadgen processes of their own)", "",
+        lines += ["### Latency (steady load from loadgen processes of their own, at a lower CPU priority: nice "
+                  f"{first_nice(live)})", "",
                   "| point | asked | achieved | loadgen processes (CPU s) | p50 s | p95 s | p99 s | **p99 − confidence "
                   "s** | max seen s | p50 first / last quarter s | steady | delivered | relay CPU µs/event |",
                   "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|---:|"]
