@@ -109,7 +109,7 @@ class _Window:
     def __init__(self, events: Sequence[OutboxEvent]) -> None:
         self.events = list(events)
         self.results: list = [_PENDING] * len(self.events)  # None = acked, KafkaError = failed
-        self.arrived: list[tuple[int, KafkaError | None, float]] = []  # appended by callbacks
+        self.arrived: list[tuple[int, KafkaError | None]] = []  # appended by callbacks
         self.taken = 0
         self.pending = 0
         self.started = time.monotonic()
@@ -117,8 +117,10 @@ class _Window:
         self.marked_at = self.started
 
     def callback(self, i: int):
+        append = self.arrived.append
+
         def on_delivery(err, msg):  # runs inside poll()/flush(): record only
-            self.arrived.append((i, err, time.monotonic()))
+            append((i, err))
         return on_delivery
 
 
@@ -228,8 +230,14 @@ class Publisher:
                 return PublishOutcome(earlier)
         self._prepare({e.topic for e in events})
         w = self._window = _Window(events)
-        for i in range(len(events)):
-            self._produce(w, i, should_abort)
+        produce, callback = self.producer.produce, w.callback
+        for i, event in enumerate(w.events):
+            try:  # the common case inline; _produce handles a full queue and refusals
+                produce(event.topic, event.payload, event.key, on_delivery=callback(i), headers=event.kafka_headers())
+                w.pending += 1
+            except (BufferError, KafkaException):
+                self._produce(w, i, should_abort)
+                produce = self.producer.produce
             if i % 100 == 99:  # keep reports flowing: a crash re-publishes only unmarked acks
                 self._step(w, 0, should_abort)
         self._await(w, should_abort)
@@ -328,20 +336,31 @@ class Publisher:
 
     def _collect(self, w: _Window) -> KafkaError | None:
         """Take the reports that arrived; hand acks to on_acked. Returns a fatal error, if one came."""
-        acked = []
         fatal = None
-        for i, err, at in w.arrived[w.taken:]:
-            w.results[i] = err
-            w.pending -= 1
-            self._report_at = at
-            if err is None:
-                acked.append(w.events[i])
-                self._acks_seen += 1
-                if self.on_latency and self._acks_seen % LATENCY_SAMPLE == 1:
-                    self.on_latency(w.events[i], at - w.started)
-            elif err.fatal() and fatal is None:
-                fatal = err
-        w.taken = len(w.arrived)
+        new = w.arrived[w.taken:]
+        if new:
+            # Reports are served inside the poll/flush that just returned (every ACK_POLL_S at most):
+            # its end stands for their arrival.
+            at = self._report_at = time.monotonic()
+            w.taken += len(new)
+            w.pending -= len(new)
+            results, events = w.results, w.events
+            errors = False
+            for i, err in new:
+                results[i] = err
+                if err is not None:
+                    errors = True
+            if errors:
+                acked = [events[i] for i, err in new if err is None]
+                fatal = next((err for _, err in new if err is not None and err.fatal()), None)
+            else:
+                acked = [events[i] for i, _ in new]
+            if self.on_latency and acked:
+                seen, self._acks_seen = self._acks_seen, self._acks_seen + len(acked)
+                for k in range(-seen % LATENCY_SAMPLE, len(acked), LATENCY_SAMPLE):
+                    self.on_latency(acked[k], at - w.started)
+        else:
+            acked = []
         if self._tripped_at is not None and w.taken and acked:
             log.warning("kafka: delivery reports flowing again after %.0fs", time.monotonic() - self._tripped_at)
             self._tripped_at = None

@@ -149,12 +149,21 @@ class Supervisor:
         from relay.discovery import Discovery
 
         self.metrics = metrics.SupervisorMetrics()
-        self.session = connect.cql_session(self.cfg)
-        self._require_schema()
-        self.discovery = Discovery(self.session, self.cfg)
-        self.checkpoints = CheckpointStore(self.session, self.cfg.scylla.relay_keyspace, self.cfg.replica_id)
+        # Workers first: a worker's boot (a fresh interpreter, its imports, its own clients) takes
+        # longer than anything here, and it needs nothing from this process until its first Assign.
         for slot in self.slots:
             self._spawn(slot)
+        self.session = None
+        try:
+            self.session = connect.cql_session(self.cfg)
+            self._require_schema()
+            self.discovery = Discovery(self.session, self.cfg)
+            self.checkpoints = CheckpointStore(self.session, self.cfg.scylla.relay_keyspace, self.cfg.replica_id)
+        except BaseException:
+            self._kill_all()
+            if self.session is not None:
+                self.session.cluster.shutdown()
+            raise
         with self.status_lock:
             self._loop_running = True
         try:
