@@ -41,6 +41,9 @@ MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, o
 # Events a merged read may carry, by its tasks' last windows: the same bound as one task's window
 # (the first page of each of its queries is all that travels ahead of the loop).
 MAX_READ_EVENTS = 20_000
+# Rows a read may bring into memory at all: a merged read whose tasks turn out not to be light (a
+# burst, or a first read after a long outage) is cut off here and handed back (`too_big`).
+MAX_READ_ROWS = 4 * MAX_READ_EVENTS
 BACKOFF_MAX_S = 10.0
 QUIET_AFTER_S = 2.0  # a task whose reads found nothing for this long (of CDC time) polls on the quiet grid
 QUIET_GRID_FACTOR = 2  # the quiet grid is this many live grid steps: half the queries of a silent cluster
@@ -177,6 +180,19 @@ class Schedule:
                 st.window_s = windows.next_window_size(st.window_s, self.window_s, 0, timed_out=True)
             backoff = min(BACKOFF_MAX_S, 0.2 * 2 ** min(st.failures, 6))
             self._push(key, now_us + int(backoff * 1_000_000))
+
+    def too_big(self, read: Read, now_us: int) -> None:
+        """The read brought more than MAX_READ_ROWS rows and was dropped unpublished: each of its
+        tasks reads alone from now on, with a window a quarter as wide, at once (it is not a failure)."""
+        for key in read.keys:
+            st = self.states.get(key)
+            if st is None:
+                continue
+            st.busy = False
+            st.last_events = max(st.last_events, LIGHT_EVENTS)
+            if len(read.keys) == 1:  # alone already: only a narrower window helps
+                st.window_s = windows.next_window_size(st.window_s, self.window_s, 0, timed_out=True)
+            self._push(key, now_us)
 
     def released(self, read: Read, now_us: int, error: str = "") -> None:
         """The read was dropped without an outcome (stopping, breaker open): read it again later."""

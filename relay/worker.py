@@ -24,7 +24,7 @@ from relay.clock import SAMPLE_INTERVAL_S, ClockSkew
 from relay.config import Config
 from relay.messages import Assign, Beat, BootError, Progress, Stop
 from relay.model import OutboxEvent, Task
-from relay.schedule import Read, Schedule
+from relay.schedule import MAX_READ_ROWS, Read, Schedule
 
 log = logging.getLogger("relay.worker")
 
@@ -394,6 +394,11 @@ class Worker:
         where = f"{read.table} ({len(read.keys)} task{'s' if len(read.keys) > 1 else ''})"
         try:
             events = self._relay(read, pending)
+        except ReadTooLarge:
+            # Nothing was published; its tasks read again at once, alone and narrower.
+            log.info("%s: window [%d, %d) brought more than %d rows: its tasks read alone", where, read.start_us,
+                     read.end_us, MAX_READ_ROWS)
+            sch.too_big(read, now_us())
         except CircuitBreakerError:
             # An open breaker pauses all reading in this worker until it may half-open.
             pause = min(self.cfg.breaker.reset_timeout_seconds, 5.0)
@@ -437,7 +442,13 @@ class Worker:
 
         def attempt():
             handle, first[0] = first[0], None
-            return list(reader.read_pages(read.streams, read.start_us, read.end_us, handle))
+            pages, rows = [], 0
+            for page in reader.read_pages(read.streams, read.start_us, read.end_us, handle):
+                pages.append(page)
+                rows += len(page[1])
+                if rows > MAX_READ_ROWS:
+                    raise ReadTooLarge(f"more than {MAX_READ_ROWS} rows")
+            return pages
 
         return self.retrier.call("cql_read", cql_errors(), attempt)
 
@@ -519,6 +530,10 @@ class Worker:
             log.info("dead-letter writes succeed again")
             self.dlq_failing = ""
         self._mark_acked([e for e, _, _ in failed])
+
+
+class ReadTooLarge(Exception):
+    """A read brought more rows than a worker keeps in memory at once (relay.schedule.MAX_READ_ROWS)."""
 
 
 class DeadLetterWriteFailed(Exception):

@@ -274,3 +274,21 @@ def test_thin_traffic_over_many_tasks_keeps_their_shared_read_live():
             sch.done(r, {r.keys[i % len(r.keys)]: 1}, now)  # one event somewhere in each read
             widths.add(r.end_us - r.start_us)
     assert widths == {sch.grid_us}
+
+
+def test_a_read_too_large_sends_its_tasks_alone_and_a_lone_one_narrower():
+    sch = schedule()
+    ts = tasks(5)
+    started(sch, ts, NOW - 600 * S)
+    (merged,) = sch.plan(NOW, 10)  # not read yet: they share a read
+    assert len(merged.keys) == 5
+    sch.too_big(merged, NOW)
+    alone = sch.plan(NOW, 10)
+    assert sorted(len(r.keys) for r in alone) == [1] * 5, "each reads alone, at once, from the same position"
+    assert {(r.start_us, r.end_us) for r in alone} == {(merged.start_us, merged.end_us)}
+    sch.too_big(alone[0], NOW)
+    (again,) = sch.plan(NOW, 1)
+    assert again.keys == alone[0].keys and again.end_us - again.start_us == (merged.end_us - merged.start_us) // 4
+    for r in alone[1:]:
+        sch.done(r, {r.keys[0]: 10}, NOW)
+    assert all(sch.states[r.keys[0]].failures == 0 for r in alone), "not counted as a failure"
