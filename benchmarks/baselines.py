@@ -4,9 +4,10 @@
     python -m benchmarks.baselines produce --config C --until US
     python -m benchmarks.baselines naive   --config C --until US --limit 5000
 
-- read: relay's own Discovery + tasks_of + LogReader, the same windows (window_seconds from
-  the generation start to --until) and queries, on the hot-path (libev) session workers
-  use; nothing is published.
+- read: relay's own Discovery + tasks_of + LogReader (the mapping's columns, as a worker reads
+  them), one task's window of window_seconds after another from the generation start to
+  --until, on the hot-path (libev) session workers use; nothing is published. It reads what
+  relay reads, not the way relay schedules it (relay merges light tasks into fewer queries).
 - produce: reads and maps the same rows first (untimed for the produce figure, but timed as
   stages), then produces exactly those records (topics, keys, headers, payloads) with
   `relay.connect.producer_config(cfg)` and waits for every delivery report. Also times
@@ -119,10 +120,13 @@ def windows(cfg, session, until_us: int):
 
 
 def _reader(cfg, session):
+    """relay's reader as a worker builds it: the same columns (the mapping's), fetched the same way."""
+    from relay.mapping import Mapper
     from relay.reader import LogReader
 
     t = cfg.tables[0]
-    return LogReader(session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size, cfg.scylla.max_in_keys)
+    return LogReader(session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size, cfg.scylla.max_in_keys,
+                     columns=Mapper(t).columns)
 
 
 def raw_read(cfg, session, until_us: int) -> dict:
