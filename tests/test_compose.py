@@ -73,7 +73,7 @@ COMMANDS: dict[str, set[str] | None] = {
     "schema": {"apply", "print"},
     "config": {"check"},
     "status": None,
-    "dlq": {"list", "stats", "replay", "discard"},
+    "dlq": {"list", "stats", "show", "replay", "discard"},
     "replay": None,
     "loadgen": None,
     "verify": None,
