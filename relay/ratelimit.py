@@ -27,7 +27,7 @@ class RateLimit:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         need = min(float(n), self.burst)  # a chunk larger than the burst goes once the bucket is full
-        if self._tokens >= need:
+        if self._tokens >= need - 1e-9:  # float rounding must not leave a wait too small to pass
             self._tokens -= n
             return 0.0
         return (need - self._tokens) / self.rate
