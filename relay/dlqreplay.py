@@ -180,6 +180,8 @@ class Replayer:
         self.on_progress = on_progress
         self.on_plan: Callable[[int], None] = lambda n: None  # how many dead letters the run acts on
         self.should_stop = should_stop
+        # Auto-recovery: the first dead letter goes alone, and the round stops unless Kafka acks it.
+        self.probe_first = False
         self._publisher = None
         self._redis = None
 
@@ -228,17 +230,27 @@ class Replayer:
         blocked: set[str] = set()
         touched: set[str] = set()
         try:
+            probe = self.probe_first
             for wave in waves(todo, blocked):
-                for i in range(0, len(wave), chunk_size(self.rate, WAVE_MAX)):
+                i = 0
+                while i < len(wave):
                     if self.should_stop():
                         out.stopped = out.stopped or "stopped"
                         break
-                    chunk = wave[i:i + chunk_size(self.rate, WAVE_MAX)]
+                    size = 1 if probe else chunk_size(self.rate, WAVE_MAX)
+                    chunk = wave[i:i + size]
+                    i += size
                     if limiter is not None:
                         while (delay := limiter.wait(time.monotonic(), len(chunk))) > 0:
                             time.sleep(delay)
                     self._publish(chunk, out, blocked, dedup, marks)
                     touched |= {d.aggregate_id for d in chunk if d.aggregate_id}
+                    if probe:
+                        probe = False
+                        if not out.replayed:
+                            out.stopped = out.stopped or "the probe produce failed: " + ", ".join(out.errors)
+                    if out.stopped:
+                        break
                 if out.stopped:
                     break
         finally:
