@@ -197,10 +197,9 @@ class Replayer:
         p = self.select(sel)
         self.on_plan(len(p.todo))
         out = Summary(matched=len(p.todo), already=len(p.already))
-        for d in p.todo:
-            self.store.set_status(d, "discarded", reason)
-            out.discarded += 1
-            self.on_progress(1)
+        self.store.set_status_many(p.todo, "discarded", reason)
+        out.discarded = len(p.todo)
+        self.on_progress(len(p.todo))
         out.unparked = self._unpark(sel.table, {d.aggregate_id for d in p.todo if d.aggregate_id})
         return out
 
@@ -220,11 +219,10 @@ class Replayer:
         acked_before = {id(e) for e in marks.split([d.to_event() for d in p.todo])[1]} if p.todo else set()
         events = {id(d): d.to_event() for d in p.todo}
         done_before = [d for d in p.todo if id(events[id(d)]) in acked_before]
-        for d in done_before:
-            self.store.set_status(d, "replayed", "published by an earlier run (its Kafka ack was recorded)")
-            out.already += 1
-            out.matched -= 1
-            self.on_progress(1)
+        self.store.set_status_many(done_before, "replayed", "published by an earlier run (its Kafka ack was recorded)")
+        out.already += len(done_before)
+        out.matched -= len(done_before)
+        self.on_progress(len(done_before))
         todo = [d for d in p.todo if id(events[id(d)]) not in acked_before]
         limiter = RateLimit(self.rate, chunk_size(self.rate, WAVE_MAX)) if self.rate else None
         blocked: set[str] = set()
@@ -292,11 +290,11 @@ class Replayer:
         except pybreaker.CircuitBreakerError:
             out.stopped = "kafka circuit breaker open"
         done = {id(e) for e in acked}
-        for e in acked:
-            d = by_event[id(e)]
-            self.store.set_status(d, "replayed", attempt=(d.attempts or 0) + 1)
+        letters = [by_event[id(e)] for e in acked]
+        self.store.set_status_many(letters, "replayed", attempts=True)
+        for d in letters:
             self._count_replayed(out, d)
-            self.on_progress(1)
+        self.on_progress(len(letters))
         for e, cls, msg in failed:
             if id(e) not in done:
                 self._failed(by_event[id(e)], cls, msg, out, blocked)

@@ -60,8 +60,8 @@ def test_waves_take_one_letter_per_aggregate_and_skip_blocked_ones():
 
 
 def test_rate_limit_spreads_chunks():
-    limit = RateLimit(10, burst=chunk_size(10, 5000))
-    assert chunk_size(10, 5000) == 1 and chunk_size(None, 5000) == 5000 and chunk_size(2000, 5000) == 200
+    limit = RateLimit(10, burst=1)
+    assert chunk_size(2, 5000) == 1 and chunk_size(None, 5000) == 5000 and chunk_size(2000, 5000) == 500
     now, sent = 0.0, 0
     while sent < 21:
         delay = limit.wait(now)
