@@ -1,5 +1,5 @@
-"""Dead-letter replay throughput on the local stack (issue 11): `relay dlq replay` of N stored dead
-letters, without and with `--rate`, counted by consuming the topic.
+"""Replay throughput on the local stack (issue 11): `relay dlq replay` of N stored dead letters and
+`relay replay` of N rows of an emulated CDC log, each without and with `--rate`.
 
     python -m benchmarks.dlq_replay [--letters 5000] [--aggregates 500] [--rate 1000]
 
@@ -26,11 +26,14 @@ contact_points = ["127.0.0.1"]
 port = {stack.cql_port}
 consistency = "ONE"
 relay_keyspace = "{ks}"
+cdc_metadata_keyspace = "{ks}"
+tablets_metadata_keyspace = "{ks}"
 relay_replication = {{ class = "SimpleStrategy", replication_factor = 1 }}
 username = "{stack.cql_user}"
 password = "{stack.cql_password}"
 [[tables]]
 name = "{ks}.outbox"
+topic = "{ks}.{{aggregate_type}}"
 [kafka]
 bootstrap_servers = "{stack.kafka}"
 [redis]
@@ -65,6 +68,34 @@ def _replay(path, table: str, *extra: str) -> dict:
     if res.returncode != 0:
         raise SystemExit(f"replay failed ({res.returncode}): {res.stdout}\n{res.stderr[-2000:]}")
     return json.loads(res.stdout)
+
+
+def _cdc(session, path, ks: str, args) -> dict:
+    """`relay replay` of `args.letters` rows written through the CDC emulator a minute ago."""
+    from relay.testing import CdcEmulator
+
+    session.execute(f"CREATE TABLE {ks}.outbox (aggregate_id text, id timeuuid, aggregate_type text, event_type text, "
+                    f"payload blob, created_at timestamp, headers map<text, text>, PRIMARY KEY ((aggregate_id), id))")
+    emu = CdcEmulator(session, metadata_keyspace=ks)
+    emu.create_metadata_tables()
+    now_us = time.time_ns() // 1000
+    emu.open_generation(start=now_us - 600_000_000, vnodes=16, shards=2, seed=5)
+    emu.enable_cdc(f"{ks}.outbox")
+    rows = [{"aggregate_id": f"agg-{i % args.aggregates:05d}", "id": uuid.uuid1(), "aggregate_type": "order",
+             "event_type": "created", "payload": os.urandom(200)} for i in range(args.letters)]
+    base = now_us - 300_000_000
+    emu.write_many(f"{ks}.outbox", rows, timestamps=[base + i * 10 for i in range(len(rows))])
+    out = {}
+    for label, extra in (("cdc unlimited", ()), (f"cdc rate {args.rate:g}", ("--rate", str(args.rate)))):
+        res = subprocess.run([sys.executable, "-m", "relay", "replay", "--config", str(path), "--table",
+                              f"{ks}.outbox", "--since", "400", "--until", "0", "--json", *extra],
+                             capture_output=True, text=True, cwd=REPO)
+        if res.returncode != 0:
+            raise SystemExit(f"relay replay failed ({res.returncode}): {res.stdout}\n{res.stderr[-2000:]}")
+        r = json.loads(res.stdout)
+        out[label] = {"published": r["published"], "seconds": r["seconds"], "records_per_s": r["rate_per_second"]}
+        log(f"{label}: {r['published']} rows in {r['seconds']}s = {r['rate_per_second']}/s (reads included)")
+    return out
 
 
 def main() -> None:
@@ -107,6 +138,7 @@ def main() -> None:
                               "records_per_s": out["rate_per_second"], "command_wall_s": round(wall, 2)}
             log(f"{label}: {out['replayed']} dead letters in {out['seconds']}s = {out['rate_per_second']}/s "
                 f"(command {wall:.1f}s with start-up)")
+        results.update(_cdc(session, path, ks, args))
         print(json.dumps({"letters": args.letters, "aggregates": args.aggregates, **results}, indent=2))
     finally:
         session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
