@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "relay.commands.config_check",
     "relay.commands.status",
     "relay.commands.dlq",
+    "relay.commands.replay",
     "relay.commands.loadgen",
     "relay.commands.verify",
 ]

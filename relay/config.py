@@ -22,6 +22,7 @@ from relay.errors import ConfigError
 
 CONSISTENCY_LEVELS = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 OPERATIONS = ("insert", "update")
+DLQ_ORDERS = ("skip", "park-aggregate")
 MIN_CONFIDENCE_S = 1.0
 SECRET_KEYS = {"password", "sasl.password", "ssl.key.password", "ssl.keystore.password",
                "sasl.oauthbearer.client.secret"}
@@ -151,6 +152,8 @@ class BreakerConfig:
 class DlqConfig:
     auto_replay: bool = False
     replay_interval_seconds: float = 300.0
+    max_attempts: int = 5  # auto-recovery attempts of a retryable dead letter before it becomes `failed`
+    order: str = "skip"  # skip | park-aggregate (DESIGN §4b)
 
 
 @dataclass(frozen=True)
@@ -235,9 +238,12 @@ class Config:
                           f"({r.heartbeat_timeout_seconds}s), or a slow request looks like a hung worker")
         if self.kafka.delivery_timeout_seconds <= 0:
             raise bad("kafka.delivery_timeout_seconds", "must be > 0")
-        if self.dlq.auto_replay:
-            raise bad("dlq.auto_replay", "automatic dead-letter replay is not available yet; remove the key "
-                      "(replay is manual until then)")
+        if self.dlq.replay_interval_seconds <= 0:
+            raise bad("dlq.replay_interval_seconds", "must be > 0")
+        if self.dlq.max_attempts < 1:
+            raise bad("dlq.max_attempts", "must be >= 1")
+        if self.dlq.order not in DLQ_ORDERS:
+            raise bad("dlq.order", f"{self.dlq.order!r}: use {' or '.join(DLQ_ORDERS)}")
         parse_start_from(r.start_from, src)
         if self.retry.preset not in PRESETS:
             raise bad("retry.preset", f"{self.retry.preset!r}: use {' or '.join(PRESETS)}")

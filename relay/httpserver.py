@@ -1,4 +1,4 @@
-"""The supervisor's HTTP endpoint (DESIGN §9): /metrics of every process, /health, /ready, /status."""
+"""The supervisor's HTTP endpoint (DESIGN §9): /metrics of every process, /health, /ready, /status, /dlq."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 log = logging.getLogger(__name__)
 
 
-def serve(host: str, port: int, snapshot: Callable[[], dict]) -> ThreadingHTTPServer:
+def serve(host: str, port: int, snapshot: Callable[[], dict],
+          dlq: Callable[[], dict] | None = None) -> ThreadingHTTPServer:
     """Start serving in a daemon thread (safe: workers are spawned, never forked)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,6 +32,8 @@ def serve(host: str, port: int, snapshot: Callable[[], dict]) -> ThreadingHTTPSe
             elif path == "/status":
                 status = {**snapshot(), "metrics_port": self.server.server_address[1]}
                 self._send(200, json.dumps(status, default=str, indent=1).encode(), "application/json")
+            elif path == "/dlq" and dlq is not None:  # dead-letter stats (read-only: nothing mutates over HTTP)
+                self._send(200, json.dumps(dlq(), default=str, indent=1).encode(), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")
 

@@ -96,6 +96,24 @@ class SupervisorMetrics:
                                  ["table"], multiprocess_mode="livemax", registry=None)
 
 
+class DlqMetrics:
+    """Dead letters, as the supervisor's dead-letter monitor sees them (relay.autoreplay)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.letters = Gauge("relay_dlq_dead_letters", "Dead letters of the last 7 days by status and error class",
+                             ["table", "status", "error_class"], multiprocess_mode="livemax", registry=None)
+        self.oldest_pending_age = Gauge("relay_dlq_oldest_pending_age_seconds",
+                                        "Age of the oldest pending or parked dead letter (since its first failure)",
+                                        ["table"], multiprocess_mode="livemax", registry=None)
+        self.replayed = Counter("relay_dlq_replayed_total", "Dead letters replayed by auto-recovery",
+                                ["table", "error_class"], registry=None)
+        self.replay_failed = Counter("relay_dlq_replay_failed_total",
+                                     "Auto-recovery attempts of dead letters that failed again",
+                                     ["table", "error_class"], registry=None)
+
+
 def registry():
     """A registry that merges every process's files: what /metrics serves."""
     from prometheus_client import CollectorRegistry, multiprocess

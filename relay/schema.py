@@ -9,7 +9,8 @@ from typing import Any
 
 from relay.config import Config
 
-RELAY_TABLES = frozenset({"checkpoints", "dead_letters"})
+RELAY_TABLES = frozenset({"checkpoints", "dead_letters", "parked_aggregates"})
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\S+)\.(\w+) ADD (\w+) ", re.IGNORECASE)
 
 
 def replication_literal(replication: Mapping[str, Any]) -> str:
@@ -18,9 +19,26 @@ def replication_literal(replication: Mapping[str, Any]) -> str:
 
 
 def missing_relay_tables(session, keyspace: str) -> set[str]:
-    """relay's tables absent from `keyspace` (all of them when the keyspace does not exist)."""
+    """relay's tables absent from `keyspace` (all of them when the keyspace does not exist), and
+    `table.column` for each column a newer relay added that an upgrade has not applied yet."""
     rows = session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))
-    return set(RELAY_TABLES - {r[0] for r in rows})
+    missing = set(RELAY_TABLES - {r[0] for r in rows})
+    for table, column in _added_columns():
+        if table not in missing and column not in _columns(session, keyspace, table):
+            missing.add(f"{table}.{column}")
+    return missing
+
+
+def _columns(session, keyspace: str, table: str) -> set[str]:
+    rows = session.execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND "
+                           "table_name = %s", (keyspace, table))
+    return {r[0] for r in rows}
+
+
+def _added_columns() -> list[tuple[str, str]]:
+    """(table, column) of every `ALTER TABLE … ADD` in relay.cql."""
+    return [(m.group(2), m.group(3)) for stmt in statements(render("relay.cql", "ks", "{}"))
+            if (m := _ADD_COLUMN.match(stmt))]
 
 
 def has_cdc_log(session, keyspace: str, table: str) -> bool:
@@ -46,9 +64,13 @@ def relay_schema(cfg: Config) -> list[str]:
 
 
 def apply(session, cfg: Config) -> list[str]:
-    """Create the relay keyspace and tables (idempotent); returns the table names created or kept."""
+    """Create the relay keyspace and tables, or upgrade them with the columns added since they were
+    made (idempotent, additive only); returns the table names created or kept."""
     done = []
     for stmt in relay_schema(cfg):
+        add = _ADD_COLUMN.match(stmt)
+        if add and add.group(3) in _columns(session, cfg.scylla.relay_keyspace, add.group(2)):
+            continue  # an upgrade step already applied (or a table created with the column)
         session.execute(stmt, timeout=60)
         m = re.search(r"(?:TABLE|KEYSPACE) IF NOT EXISTS (\S+)", stmt)
         if m:

@@ -164,6 +164,9 @@ class Supervisor:
             if self.session is not None:
                 self.session.cluster.shutdown()
             raise
+        from relay.autoreplay import DlqMonitor
+
+        self.dlq_monitor = DlqMonitor(self.cfg, self.session, self.may_auto_replay).start()  # /dlq, auto-replay
         with self.status_lock:
             self._loop_running = True
         try:
@@ -190,12 +193,23 @@ class Supervisor:
                 self.step_messages(LOOP_INTERVAL_S)
                 self.step_status()
         finally:
+            self.dlq_monitor.stop()
             with self.status_lock:
                 self._loop_running = False
                 self.status_lock.notify_all()
             self._kill_all()
             self.session.cluster.shutdown()
         return self.exit_code
+
+    def may_auto_replay(self) -> bool:
+        """Whether this replica runs dead-letter auto-recovery (DESIGN §4b): one replica at a time.
+        Until replicas share slots (§5b) every replica is the only one; then: "owns slot 0"."""
+        return True
+
+    def dlq(self) -> dict:
+        """/dlq: dead-letter statistics and the last auto-recovery round (read-only)."""
+        monitor = getattr(self, "dlq_monitor", None)
+        return monitor.dlq() if monitor is not None else {"stats": None}
 
     def _require_schema(self) -> None:
         from relay.errors import UserError

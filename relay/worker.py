@@ -75,6 +75,7 @@ class Worker:
         from relay.dedup import Dedup
         from relay.mapping import Mapper
         from relay.metrics import WorkerMetrics
+        from relay.parking import Parking
         from relay.publisher import BREAKER_STATES, Publisher
         from relay.reader import LogReader
         from relay.retry import Retrier
@@ -94,7 +95,8 @@ class Worker:
         self.session = connect.cql_session(cfg, hot_path=True)
         ks = cfg.scylla.relay_keyspace
         self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
-        self.dead_letters = DeadLetterWriter(self.session, ks)
+        self.parking = Parking(self.session, ks, cfg.dlq.order)
+        self.dead_letters = DeadLetterWriter(self.session, ks, parking=self.parking)
         self.mappers = {t.name: Mapper(t) for t in cfg.tables}
         self.routers = {t.name: Router(self.session, t.name.split(".", 1)[0],
                                        t.name.split(".", 1)[1] + "_scylla_cdc_log") for t in cfg.tables}
@@ -488,6 +490,7 @@ class Worker:
         self._mark_pending()
         before = self.dedup.unavailable
         new, seen = self.dedup.split(events)
+        new, parked = self.parking.hold(table, new, poisons)  # [dlq] order = "park-aggregate" (relay.parking)
         self._count_unavailable(events, before)
         if seen:
             m.events_deduplicated.labels(table).inc(len(seen))
@@ -503,7 +506,7 @@ class Worker:
             raise
         if outcome.delivered:
             m.events_published.labels(table).inc(len(outcome.delivered))
-        failed = [(p.event, p.reason, p.message) for p in poisons] + outcome.failed
+        failed = [(p.event, p.reason, p.message) for p in poisons] + parked + outcome.failed
         if failed:
             self._dead_letter(failed)
         self._mark_pending()  # pause mode: raises (no checkpoint) until Redis has every mark

@@ -104,13 +104,15 @@ QUICK = {"window_seconds": 2, "confidence_seconds": 1, "poll_interval_seconds": 
 def write_config(path: Path, keyspace: str, *, tables: tuple[str, ...] = ("outbox",), topic: str | None = None,
                  columns: Mapping | None = None, workers: int = 2, bootstrap: str = KAFKA_BOOTSTRAP,
                  redis_url: str = REDIS_URL, scylla: Mapping | None = None, kafka: Mapping | None = None,
-                 redis: Mapping | None = None, relay: Mapping | None = None, credentials: bool = True) -> Path:
+                 redis: Mapping | None = None, relay: Mapping | None = None, credentials: bool = True,
+                 dlq: Mapping | None = None) -> Path:
     """A relay.toml for one test: relay's tables and the emulated generation tables live in the test's
     own keyspace, topics are `{keyspace}.{aggregate_type}` unless `topic` says otherwise, the dedup
     prefix is the keyspace, and /metrics listens on a port of the kernel's choosing (read back by
     RelayProcess). relay logs in as the stack's role (unless `credentials=False`: then only the
     environment can give it a login) and keeps one replica (the stack is one node).
-    `scylla`, `kafka`, `redis` and `relay` override keys of their section; None removes one."""
+    `scylla`, `kafka`, `redis` and `relay` override keys of their section; None removes one; `dlq`
+    writes a [dlq] section."""
     scylla_base = {"contact_points": ["127.0.0.1"], "port": CQL_PORT, "consistency": "ONE",
                    "relay_keyspace": keyspace, "relay_replication": REPLICATION,
                    "cdc_metadata_keyspace": keyspace, "tablets_metadata_keyspace": keyspace}
@@ -126,6 +128,8 @@ def write_config(path: Path, keyspace: str, *, tables: tuple[str, ...] = ("outbo
     parts.append(_section("[redis]", _merged({"url": redis_url, "key_prefix": f"{keyspace}:"}, redis)))
     parts.append(_section("[relay]", _merged({"workers": workers, **QUICK}, relay)))
     parts.append(_section("[metrics]", {"host": "127.0.0.1", "port": 0}))
+    if dlq:
+        parts.append(_section("[dlq]", dlq))
     path.write_text("\n".join(parts))
     return path
 

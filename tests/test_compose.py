@@ -56,6 +56,10 @@ METRICS = {
     "relay_worker_restarts_total": "counter",
     "relay_generation_current_seconds": "gauge",
     "relay_dlq_pending": "gauge",
+    "relay_dlq_dead_letters": "gauge",
+    "relay_dlq_oldest_pending_age_seconds": "gauge",
+    "relay_dlq_replayed_total": "counter",
+    "relay_dlq_replay_failed_total": "counter",
     "relay_dedup_unavailable_total": "counter",
     "relay_checkpoint_ttl_margin_seconds": "gauge",
     "relay_clock_ahead_seconds": "gauge",
@@ -73,7 +77,7 @@ COMMANDS: dict[str, set[str] | None] = {
     "schema": {"apply", "print"},
     "config": {"check"},
     "status": None,
-    "dlq": {"list", "stats", "replay", "discard"},
+    "dlq": {"list", "stats", "show", "replay", "discard"},
     "replay": None,
     "loadgen": None,
     "verify": None,
@@ -647,6 +651,8 @@ def test_alerts_use_contract_metrics_and_cover_the_required_cases():
     assert any(re.search(r"==\s*1\b", r["expr"]) for r in by_metric["relay_breaker_state"])  # 1 = open
     assert any("increase(" in r["expr"] or "rate(" in r["expr"] for r in by_metric["relay_events_dead_lettered_total"])
     assert any(re.search(r"<\s*3600\b", r["expr"]) for r in by_metric["relay_checkpoint_ttl_margin_seconds"])
+    assert any(">" in r["expr"] for r in by_metric["relay_dlq_oldest_pending_age_seconds"])
+    assert any('status="failed"' in r["expr"] and "> 0" in r["expr"] for r in by_metric["relay_dlq_dead_letters"])
     for r in rules:
         assert r["labels"]["severity"] in ("critical", "warning") and r["annotations"]["summary"]
 

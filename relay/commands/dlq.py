@@ -2,100 +2,40 @@
 
 `dead_letters` is partitioned by (source table, UTC day of the event's `cdc$time`), so both
 commands read one partition per table and day, newest day first, and never scan the table.
-`replay` and `discard` come with their own issue.
+`show`, `replay` and `discard` act on dead letters (DESIGN §4b, relay.dlqreplay).
 """
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from relay.config import Config
+from relay.dlqstore import (
+    LIST_COLUMNS,
+    OPEN_STATUSES,
+    STATS_COLUMNS,
+    STATUSES,
+    DeadLetter,
+    cdc_datetime,
+    check_schema,
+    partitions,
+    recent_days,
+)
+from relay.dlqstore import utc as _utc
 from relay.errors import UserError
 
-STATUSES = ("pending", "replayed", "discarded")
-LIST_COLUMNS = ("source_table", "day", "cdc_time", "stream_id", "batch_seq_no", "event_id", "aggregate_type",
-                "aggregate_id", "event_type", "topic", "key", "payload", "headers", "error_class", "error_message",
-                "attempts", "first_failed_at", "last_failed_at", "status")
-STATS_COLUMNS = ("status", "error_class", "first_failed_at", "last_failed_at", "cdc_time")
 MESSAGE_WIDTH = 60  # error messages are cut to this in the human listing (JSON has them whole)
-
-
-# --------------------------------------------------------------------------- values
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # the driver returns naive UTC
-
-
-def cdc_datetime(cdc_time: uuid.UUID) -> datetime:
-    from relay import timeuuid
-
-    return datetime.fromtimestamp(timeuuid.to_micros(cdc_time) / 1e6, tz=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    source_table: str
-    day: date
-    cdc_time: uuid.UUID
-    stream_id: bytes
-    batch_seq_no: int
-    event_id: str | None
-    aggregate_type: str | None
-    aggregate_id: str | None
-    event_type: str | None
-    topic: str | None
-    key: bytes | None
-    payload_size: int | None
-    headers: dict[str, str]
-    error_class: str | None
-    error_message: str | None
-    attempts: int | None
-    first_failed_at: datetime | None
-    last_failed_at: datetime | None
-    status: str | None
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> DeadLetter:
-        v = dict(zip(LIST_COLUMNS, row, strict=True))
-        day = v["day"]
-        payload = v.pop("payload")
-        return cls(**{**v, "day": day.date() if hasattr(day, "date") else day,
-                      "headers": dict(v["headers"] or {}), "payload_size": None if payload is None else len(payload),
-                      "first_failed_at": _utc(v["first_failed_at"]), "last_failed_at": _utc(v["last_failed_at"])})
-
-    @property
-    def cdc_at(self) -> datetime:
-        return cdc_datetime(self.cdc_time)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source_table": self.source_table, "day": self.day.isoformat(), "cdc_time": str(self.cdc_time),
-            "cdc_at": self.cdc_at.isoformat(), "stream_id": "0x" + self.stream_id.hex(),
-            "batch_seq_no": self.batch_seq_no, "event_id": self.event_id, "aggregate_type": self.aggregate_type,
-            "aggregate_id": self.aggregate_id, "event_type": self.event_type, "topic": self.topic,
-            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
-            "payload_size": self.payload_size, "headers": self.headers, "error_class": self.error_class,
-            "error_message": self.error_message, "attempts": self.attempts,
-            "first_failed_at": _iso(self.first_failed_at), "last_failed_at": _iso(self.last_failed_at),
-            "status": self.status,
-        }
+WAITING = ("pending", "parked")  # statuses whose age `stats` reports: they wait for a replay
 
 
 @dataclass
 class TableStats:
     total: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
-    oldest_pending: datetime | None = None  # when the oldest pending dead letter first failed
+    oldest_pending: datetime | None = None  # when the oldest pending (or parked) dead letter first failed
 
 
 @dataclass
@@ -140,11 +80,6 @@ class DlqStats:
 
 # --------------------------------------------------------------------------- reading
 
-def recent_days(days: int, today: date) -> list[date]:
-    """The last `days` UTC days, today included, newest first."""
-    return [today - timedelta(days=i) for i in range(days)]
-
-
 def tables_for(cfg: Config, table: str | None) -> list[str]:
     # A table no longer configured can still have dead letters, so --table is not checked against the config.
     if table:
@@ -154,33 +89,13 @@ def tables_for(cfg: Config, table: str | None) -> list[str]:
     return [t.name for t in cfg.tables]
 
 
-def check_schema(session, keyspace: str) -> None:
-    cluster = session.cluster
-    cluster.refresh_keyspace_metadata(keyspace)  # the schema may be newer than this session's metadata
-    if keyspace not in cluster.metadata.keyspaces:
-        raise UserError(f"relay keyspace {keyspace!r} does not exist: run `relay schema apply` first")
-    cluster.refresh_table_metadata(keyspace, "dead_letters")
-    if "dead_letters" not in cluster.metadata.keyspaces[keyspace].tables:
-        raise UserError(f"{keyspace}.dead_letters does not exist: run `relay schema apply` first")
-
-
-def _partitions(session, keyspace: str, columns: Sequence[str], tables: Iterable[str], days: Sequence[date]
-                ) -> Iterator[tuple[str, Iterable[Sequence[Any]]]]:
-    """(table, rows) per (table, day) partition, newest day first; rows in cdc_time DESC order."""
-    stmt = session.prepare(f"SELECT {', '.join(columns)} FROM {keyspace}.dead_letters "
-                           f"WHERE source_table = ? AND day = ?")
-    for table in tables:
-        for day in days:
-            yield table, session.execute(stmt, (table, day))
-
-
 def list_dead_letters(session, keyspace: str, tables: Sequence[str], days: int, *, status: str | None = None,
                       limit: int = 100, today: date | None = None) -> list[DeadLetter]:
     """The newest dead letters (by event time) across tables, optionally of one status; limit 0 = all."""
     check_schema(session, keyspace)
     found: list[DeadLetter] = []
     day_list = recent_days(days, today or datetime.now(UTC).date())
-    for _, rows in _partitions(session, keyspace, LIST_COLUMNS, tables, day_list):
+    for _, rows in partitions(session, keyspace, LIST_COLUMNS, tables, day_list):
         taken = 0
         for row in rows:
             letter = DeadLetter.from_row(row)
@@ -199,7 +114,7 @@ def dlq_stats(session, keyspace: str, tables: Sequence[str], days: int, *, now: 
     check_schema(session, keyspace)
     now = now or datetime.now(UTC)
     stats = DlqStats(days, now, tables={t: TableStats() for t in tables})
-    for table, rows in _partitions(session, keyspace, STATS_COLUMNS, tables, recent_days(days, now.date())):
+    for table, rows in partitions(session, keyspace, STATS_COLUMNS, tables, recent_days(days, now.date())):
         per_table = stats.tables[table]
         for status, error_class, first_failed, last_failed, cdc_time in rows:
             status, error_class = status or "unknown", error_class or "unknown"
@@ -207,7 +122,7 @@ def dlq_stats(session, keyspace: str, tables: Sequence[str], days: int, *, now: 
             stats.counts[key] = stats.counts.get(key, 0) + 1
             per_table.total += 1
             per_table.by_status[status] = per_table.by_status.get(status, 0) + 1
-            if status == "pending":
+            if status in WAITING:
                 failed = _utc(first_failed) or _utc(last_failed) or cdc_datetime(cdc_time)
                 if per_table.oldest_pending is None or failed < per_table.oldest_pending:
                     per_table.oldest_pending = failed
@@ -260,11 +175,35 @@ def render_stats(stats: DlqStats, keyspace: str) -> str:
     return "\n".join(lines)
 
 
+def render_show(letter: DeadLetter) -> str:
+    d = letter.to_dict()
+    history = d.pop("history")
+    width = max(len(k) for k in d)
+    lines = [f"{k.ljust(width)}  {json.dumps(v) if isinstance(v, dict) else ('' if v is None else v)}"
+             for k, v in d.items()]
+    lines.append("history:")
+    for entry in history:
+        at = entry.pop("at")
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(entry.items()) if k != "status")
+        lines.append(f"  {at}  {entry.get('status', '?'):<10}  {detail}")
+    if not history:
+        lines.append("  (none recorded: written by a relay older than the history column)")
+    return "\n".join(lines)
+
+
+def render_candidates(letters: Sequence[DeadLetter], verb: str) -> str:
+    rows = [[d.cdc_at.strftime("%Y-%m-%d %H:%M:%S.%f"), d.status or "", d.error_class or "", str(d.attempts or 0),
+             d.event_id or "", d.aggregate_id or "", d.event_type or "", d.topic or ""] for d in letters]
+    lines = _columns(["CDC TIME (UTC)", "STATUS", "ERROR", "ATTEMPTS", "EVENT ID", "AGGREGATE ID", "EVENT TYPE",
+                      "TOPIC"], rows, right=(3,)) if rows else []
+    return "\n".join([*lines, f"dry run: {len(letters)} dead letter(s) would be {verb}; nothing was changed"])
+
+
 # --------------------------------------------------------------------------- CLI
 
 def register(sub, common) -> None:
-    p = sub.add_parser("dlq", parents=[common], help="inspect dead letters (list, stats)",
-                       description="Inspect the dead-letter table.")
+    p = sub.add_parser("dlq", parents=[common], help="inspect and act on dead letters (list, stats, show, replay, "
+                       "discard)", description="Inspect the dead-letter table, replay or discard dead letters.")
     action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = action.add_parser("list", parents=[common], help="list recent dead letters, newest first")
     _scope_arguments(ls)
@@ -276,11 +215,82 @@ def register(sub, common) -> None:
     _scope_arguments(st)
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=_stats)
+    sh = action.add_parser("show", parents=[common], help="every stored field of one dead letter, and its history")
+    sh.add_argument("event_id", metavar="EVENT_ID")
+    _scope_arguments(sh)
+    sh.add_argument("--json", action="store_true", help="print JSON")
+    sh.set_defaults(func=_show)
+    rp = action.add_parser("replay", parents=[common], help="publish dead letters again, in cdc$time order",
+                           description="Publish the stored records of dead letters again (with a relay_dlq_attempt "
+                           "header), in cdc$time order per aggregate; each is marked replayed once Kafka "
+                           "acknowledged it. Exit 0: all replayed; 1: some failed; 2: user error.")
+    _filter_arguments(rp)
+    rp.add_argument("--status", choices=OPEN_STATUSES, action="append", default=None,
+                    help="only this status (repeatable; default: pending and parked)")
+    rp.add_argument("--limit", type=int, default=0, help="at most this many, the oldest first (default: all)")
+    rp.add_argument("--rate", type=float, default=None, help="at most this many records per second")
+    rp.add_argument("--dry-run", action="store_true", help="list what would be published; publish nothing")
+    rp.add_argument("--json", action="store_true", help="print JSON")
+    rp.set_defaults(func=_replay)
+    dc = action.add_parser("discard", parents=[common], help="mark dead letters discarded (kept for audit)")
+    _filter_arguments(dc)
+    dc.add_argument("--status", choices=OPEN_STATUSES, action="append", default=None,
+                    help="only this status (repeatable; default: pending and parked)")
+    dc.add_argument("--limit", type=int, default=0, help="at most this many, the oldest first (default: all)")
+    dc.add_argument("--reason", required=True, help="why (kept with the dead letter)")
+    dc.add_argument("--dry-run", action="store_true", help="list what would be discarded; change nothing")
+    dc.add_argument("--json", action="store_true", help="print JSON")
+    dc.set_defaults(func=_discard)
 
 
 def _scope_arguments(p) -> None:
     p.add_argument("--table", default=None, help="one table (keyspace.table); default: every configured table")
     p.add_argument("--days", type=int, default=7, help="look back this many days, today included (default 7)")
+
+
+def _filter_arguments(p) -> None:
+    p.add_argument("--table", required=True, help="the source table (keyspace.table)")
+    p.add_argument("--since", default=None, help="events with cdc$time at or after this: seconds ago, or an ISO "
+                   "time (default: --days back)")
+    p.add_argument("--until", default=None, help="events with cdc$time before this: seconds ago, or an ISO time")
+    p.add_argument("--aggregate-id", default=None, help="only this aggregate")
+    p.add_argument("--event-type", default=None, help="only this event type")
+    p.add_argument("--error-class", default=None, help="only this error class (e.g. MSG_SIZE_TOO_LARGE)")
+    p.add_argument("--days", type=int, default=7, help="without --since: look back this many days (default 7)")
+
+
+def parse_when(value: str, flag: str, now: datetime | None = None) -> int:
+    """`--since`/`--until`: seconds ago (`300`, `1.5`) or an ISO time (UTC when it has no zone), as µs."""
+    now = now or datetime.now(UTC)
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(f"{flag} {value!r}: expected seconds ago or an ISO time (2025-01-31T12:00:00Z)") from None
+        return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1_000_000)
+    if seconds < 0:
+        raise UserError(f"{flag} {value!r}: seconds ago must be >= 0")
+    return int((now - timedelta(seconds=seconds)).timestamp() * 1_000_000)
+
+
+def selection(args):
+    from relay.dlqreplay import Selection
+
+    if args.days < 1:
+        raise UserError("--days must be at least 1")
+    if args.limit < 0:
+        raise UserError("--limit must be >= 0 (0 = all)")
+    if "." not in args.table:
+        raise UserError(f"--table {args.table!r}: expected keyspace.table")
+    now = datetime.now(UTC)
+    since = parse_when(args.since, "--since", now) if args.since else None
+    until = parse_when(args.until, "--until", now) if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise UserError("--until must be later than --since")
+    return Selection(args.table, frozenset(args.status or ("pending", "parked")), since, until, args.aggregate_id,
+                     args.event_type, args.error_class, args.limit or None)
 
 
 def _open(args):
@@ -289,7 +299,14 @@ def _open(args):
     cfg = config.load(args.config)
     if args.days < 1:
         raise UserError("--days must be at least 1")
-    return cfg, tables_for(cfg, args.table), connect.cql_session(cfg)
+    tables = tables_for(cfg, args.table)
+    session = connect.cql_session(cfg)
+    try:
+        check_schema(session, cfg.scylla.relay_keyspace)
+    except UserError:
+        session.cluster.shutdown()
+        raise
+    return cfg, tables, session
 
 
 def _list(args) -> int:
@@ -317,3 +334,68 @@ def _stats(args) -> int:
         session.cluster.shutdown()
     print(json.dumps(stats.to_dict(), indent=2) if args.json else render_stats(stats, cfg.scylla.relay_keyspace))
     return 0
+
+
+def _show(args) -> int:
+    from relay.dlqstore import read_letters
+
+    cfg, tables, session = _open(args)
+    try:
+        found = [d for d in read_letters(session, cfg.scylla.relay_keyspace, tables,
+                                         recent_days(args.days, datetime.now(UTC).date()))
+                 if d.event_id == args.event_id]
+    finally:
+        session.cluster.shutdown()
+    if not found:
+        raise UserError(f"no dead letter with event id {args.event_id!r} in {', '.join(tables)} over the last "
+                        f"{args.days} day(s) (try --days)")
+    if args.json:
+        print(json.dumps([d.to_dict() for d in found] if len(found) > 1 else found[0].to_dict(), indent=2))
+    else:
+        print("\n\n".join(render_show(d) for d in found))
+    return 0
+
+
+def _act(args, verb: str) -> int:
+    from relay import config, connect
+    from relay.dlqreplay import Replayer
+    from relay.dlqstore import default_actor
+    from relay.progress import Progress
+
+    sel = selection(args)
+    rate = getattr(args, "rate", None)
+    if rate is not None and rate <= 0:
+        raise UserError("--rate must be > 0 (records per second)")
+    cfg = config.load(args.config)
+    session = connect.cql_session(cfg)
+    try:
+        check_schema(session, cfg.scylla.relay_keyspace)
+        replayer = Replayer(cfg, session, default_actor(), days=args.days, rate=rate)
+        if args.dry_run:
+            todo = replayer.select(sel).todo
+            if args.json:
+                print(json.dumps({"dry_run": True, "matched": len(todo), "dead_letters": [d.to_dict() for d in todo]},
+                                 indent=2))
+            else:
+                print(render_candidates(todo, verb))
+            return 0
+        progress = Progress(None, label=f"dlq {'replay' if verb == 'published' else 'discard'}",
+                            unit="dead letters")
+        replayer.on_progress = progress.update
+        replayer.on_plan = lambda n: setattr(progress, "total", n)
+        try:
+            summary = replayer.replay(sel) if verb == "published" else replayer.discard(sel, args.reason)
+        finally:
+            progress.close()
+    finally:
+        session.cluster.shutdown()
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.line())
+    return 0 if summary.complete else 1
+
+
+def _replay(args) -> int:
+    return _act(args, "published")
+
+
+def _discard(args) -> int:
+    return _act(args, "discarded")

@@ -65,7 +65,7 @@ def _supervise(args) -> int:
     sup = Supervisor(cfg, workers, until, args.log_level)
     sup.install_signals()
     try:
-        server = serve(cfg.metrics.host, cfg.metrics.port, sup.snapshot)
+        server = serve(cfg.metrics.host, cfg.metrics.port, sup.snapshot, sup.dlq)
     except OSError as exc:
         raise UserError(f"{cfg.source}: metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: "
                         f"{exc.strerror}") from None
