@@ -157,6 +157,21 @@ class DlqConfig:
 
 
 @dataclass(frozen=True)
+class LeasesConfig:
+    """Slots owned through Kafka's consumer-group coordinator (DESIGN §5b)."""
+
+    duration_seconds: float = 10.0  # session.timeout.ms: a dead or frozen replica's slots move after this
+    renew_seconds: float = 3.0  # heartbeat.interval.ms, and how often membership is proven for self-fencing
+    slots: int = 64  # partitions of the coordination topic; fixed for the life of the relay keyspace
+    group_id: str = ""  # default relay.<relay keyspace>
+    topic: str = ""  # default relay.slots.<relay keyspace>
+    static_membership: bool = False  # group.instance.id = replica id (StatefulSets)
+
+
+MAX_SLOTS = 1024
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9100
@@ -172,12 +187,21 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     dlq: DlqConfig = field(default_factory=DlqConfig)
+    leases: LeasesConfig = field(default_factory=LeasesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "defaults"  # the file (or "environment") the config came from, for messages
 
     @property
     def replica_id(self) -> str:
         return self.relay.replica_id or socket.gethostname()
+
+    @property
+    def leases_group_id(self) -> str:
+        return self.leases.group_id or f"relay.{self.scylla.relay_keyspace}"
+
+    @property
+    def leases_topic(self) -> str:
+        return self.leases.topic or f"relay.slots.{self.scylla.relay_keyspace}"
 
     @property
     def worker_count(self) -> int:
@@ -249,6 +273,20 @@ class Config:
             raise bad("retry.preset", f"{self.retry.preset!r}: use {' or '.join(PRESETS)}")
         if self.breaker.fail_max < 1:
             raise bad("breaker.fail_max", "must be >= 1")
+        lz = self.leases
+        if not 1 <= lz.duration_seconds <= 1800:
+            # Kafka's brokers accept 6..1800 s by default (group.min/max.session.timeout.ms).
+            raise bad("leases.duration_seconds", f"{lz.duration_seconds}: must be 1..1800 (Kafka's session "
+                      "timeout; brokers accept 6..1800 s unless group.min.session.timeout.ms is lowered)")
+        if lz.renew_seconds <= 0 or lz.renew_seconds * 2 >= lz.duration_seconds:
+            raise bad("leases.renew_seconds", f"{lz.renew_seconds}s must be > 0 and less than half of "
+                      f"leases.duration_seconds ({lz.duration_seconds}s), or one late renewal loses the slots")
+        if not 1 <= lz.slots <= MAX_SLOTS:
+            raise bad("leases.slots", f"{lz.slots}: must be 1..{MAX_SLOTS}")
+        for key in ("group_id", "topic"):
+            value = getattr(lz, key)
+            if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+                raise bad(f"leases.{key}", f"{value!r}: use letters, digits, '.', '_' and '-' (Kafka names)")
         if not 0 <= self.metrics.port < 65536:  # 0: any free port, reported in the start-up log line
             raise bad("metrics.port", "must be a TCP port (or 0 for any free one)")
         seen = set()

@@ -456,3 +456,33 @@ def test_retry_section_from_file_and_env(tmp_path):
 def test_redacted_masks_other_secrets(tmp_path, var, value):
     red = load_text(tmp_path, EXAMPLE, {var: value}).redacted()
     assert "hunter2" not in json.dumps(red)
+
+
+# ---------------------------------------------------------------- [leases] (DESIGN §5b)
+def test_leases_defaults_follow_the_relay_keyspace(tmp_path):
+    cfg = load_text(tmp_path, EXAMPLE)
+    assert cfg.leases == config.LeasesConfig()
+    assert (cfg.leases.duration_seconds, cfg.leases.renew_seconds, cfg.leases.slots) == (10.0, 3.0, 64)
+    ks = cfg.scylla.relay_keyspace
+    assert cfg.leases_group_id == f"relay.{ks}" and cfg.leases_topic == f"relay.slots.{ks}"
+
+
+def test_leases_env_overrides(tmp_path):
+    cfg = load_text(tmp_path, EXAMPLE, {"RELAY_LEASES__DURATION_SECONDS": "12", "RELAY_LEASES__SLOTS": "8",
+                                        "RELAY_LEASES__GROUP_ID": "g1", "RELAY_LEASES__TOPIC": "t1",
+                                        "RELAY_LEASES__STATIC_MEMBERSHIP": "true"})
+    assert cfg.leases.duration_seconds == 12.0 and cfg.leases.slots == 8 and cfg.leases.static_membership
+    assert cfg.leases_group_id == "g1" and cfg.leases_topic == "t1"
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"RELAY_LEASES__RENEW_SECONDS": "5"}, "leases.renew_seconds: 5.0s must be > 0 and less than half"),
+    ({"RELAY_LEASES__RENEW_SECONDS": "0"}, "leases.renew_seconds"),
+    ({"RELAY_LEASES__SLOTS": "0"}, "leases.slots: 0: must be 1..1024"),
+    ({"RELAY_LEASES__SLOTS": "2000"}, "leases.slots: 2000: must be 1..1024"),
+    ({"RELAY_LEASES__DURATION_SECONDS": "0.5"}, "leases.duration_seconds: 0.5: must be 1..1800"),
+    ({"RELAY_LEASES__TOPIC": "bad topic"}, "leases.topic: 'bad topic'"),
+])
+def test_leases_validation_is_one_line(tmp_path, env, needle):
+    msg = error_of(tmp_path, EXAMPLE, env)
+    assert needle in msg and "\n" not in msg
