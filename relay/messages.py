@@ -19,6 +19,15 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Self-fencing (DESIGN §5b): publish only while time.monotonic() < valid_until (the host's
+    monotonic clock, shared by the supervisor and its workers). 0 = publish nothing. Refreshed from
+    the replica's proven group session; checkpoint writes are never fenced."""
+
+    valid_until: float
+
+
+@dataclass(frozen=True)
 class Stop:
     """Finish the current window, flush, checkpoint, exit 0."""
 

@@ -73,11 +73,14 @@ class WorkerMetrics:
         self.dlq_write_failures = Counter("relay_dlq_write_failures_total",
                                           "Dead-letter writes that failed after their retries", ["table"],
                                           registry=r)
+        self.fence_events = Counter("relay_fence_events_total",
+                                    "Reads whose events a worker refused to publish: its lease deadline had passed",
+                                    registry=r)
 
 
 class SupervisorMetrics:
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.workers_alive = Gauge("relay_workers_alive", "Worker processes alive", multiprocess_mode="livemax",
                                    registry=None)
@@ -94,6 +97,17 @@ class SupervisorMetrics:
                                                ["table"], registry=None)
         self.dlq_pending = Gauge("relay_dlq_pending", "Dead letters with status pending (last 7 days)",
                                  ["table"], multiprocess_mode="livemax", registry=None)
+        # Leases (DESIGN §5b)
+        self.slots_owned = Gauge("relay_slots_owned", "Lease slots this replica owns", multiprocess_mode="livemax",
+                                 registry=None)
+        self.slots_total = Gauge("relay_slots_total", "Lease slots configured (leases.slots)",
+                                 multiprocess_mode="livemax", registry=None)
+        self.rebalances = Counter("relay_rebalances_total", "Rebalance callbacks, by kind", ["kind"], registry=None)
+        self.rebalance_seconds = Histogram("relay_rebalance_seconds",
+                                           "Time spent in a revoke or lost callback, including the drain",
+                                           buckets=LATENCY_BUCKETS, registry=None)
+        self.slots_lost = Counter("relay_slots_lost_total", "Lease slots lost (session expired or fenced)",
+                                  registry=None)
 
 
 class DlqMetrics:

@@ -3,7 +3,8 @@
 A worker busy in a long window does not read its pipe; a pipe full of a large assignment would
 then block whoever writes to it. The supervisor's loop only hands messages to a `Sender` and
 goes on. Only the newest assignment matters (each one carries the worker's whole task set), so a
-newer one replaces one that has not gone out yet; Stop goes after it.
+newer one replaces one that has not gone out yet; Stop goes after it. A lease deadline likewise:
+only the newest matters, and it goes before an assignment (a fence must not wait behind one).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import logging
 import threading
 from multiprocessing.connection import Connection
 
-from relay.messages import Assign, Stop
+from relay.messages import Assign, Lease, Stop
 
 log = logging.getLogger("relay.supervisor")
 
@@ -21,6 +22,7 @@ class Sender:
         self._conn = conn
         self._cond = threading.Condition()
         self._assign: Assign | None = None  # the newest assignment not yet written
+        self._lease: Lease | None = None  # the newest lease deadline not yet written
         self._stop = False  # a Stop waits to be written
         self._closed = False
         self._writing = False
@@ -35,6 +37,11 @@ class Sender:
             if self._assign is not None:
                 self.replaced += 1
             self._assign = msg
+            self._cond.notify()
+
+    def lease(self, msg: Lease) -> None:
+        with self._cond:
+            self._lease = msg
             self._cond.notify()
 
     def stop(self) -> None:
@@ -55,16 +62,20 @@ class Sender:
         """Wait until nothing waits to be written (tests and benchmarks); True if so."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: self.broken or self._closed or (self._assign is None and not self._stop and not self._writing),
+                lambda: self.broken or self._closed or (self._assign is None and self._lease is None and not self._stop
+                                                        and not self._writing),
                 timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._assign is not None or self._stop)
+                self._cond.wait_for(lambda: self._closed or self._assign is not None or self._stop
+                                    or self._lease is not None)
                 if self._closed:
                     return
-                if self._assign is not None:
+                if self._lease is not None:
+                    msg, self._lease = self._lease, None
+                elif self._assign is not None:
                     msg, self._assign = self._assign, None
                 else:
                     msg, self._stop = Stop(), False

@@ -25,10 +25,12 @@ from multiprocessing.connection import Connection
 from relay.assignment import TablePlans
 from relay.config import Config, parse_start_from
 from relay.discovery import CdcNotEnabled
-from relay.messages import Assign, Beat, BootError, Progress
+from relay.messages import Assign, Beat, BootError, Lease, Progress
 from relay.model import Generation, Task
+from relay.ownership import Decision, Ownership
 from relay.positions import generation_expired
 from relay.sender import Sender
+from relay.slots import SlotMap
 from relay.worker import CDC_TTL_DEFAULT_S, EXIT_BOOT_ERROR, worker_main
 
 log = logging.getLogger("relay.supervisor")
@@ -127,6 +129,16 @@ class Supervisor:
         self.ttl_by_table: dict[str, int] = {}
         self._first_start_done: set[str] = set()
         self._cdc_off_warned: set[str] = set()
+        # Leases (DESIGN §5b). Without a group member (the loop's unit tests) every slot is ours.
+        self.leases = None  # relay.leases.GroupMember, started by run()
+        self.lease_events: queue.SimpleQueue = queue.SimpleQueue()
+        self.ownership: Ownership | None = None
+        self.slot_map = SlotMap(cfg.leases.slots)
+        self._run_slots: frozenset[int] | None = None  # the slots whose tasks this replica runs; None: all
+        self._run_version = 0
+        self._pending_revokes: list[tuple[object, float]] = []  # (Revoked event, when it arrived)
+        self._lease_decision: Decision | None = None
+        self._lease_sent: float | None = None  # the validity deadline the workers were last sent
 
     def _tasks_of(self, gen: Generation) -> list[Task]:
         """Tasks of a generation, cut once: the loop asks for them many times a second."""
@@ -159,6 +171,7 @@ class Supervisor:
             self._require_schema()
             self.discovery = Discovery(self.session, self.cfg)
             self.checkpoints = CheckpointStore(self.session, self.cfg.scylla.relay_keyspace, self.cfg.replica_id)
+            self._join_group()
         except BaseException:
             self._kill_all()
             if self.session is not None:
@@ -172,6 +185,7 @@ class Supervisor:
         try:
             while True:
                 self.step_signals()
+                self.step_leases()
                 if self.stopping:
                     if self.step_drain():
                         break
@@ -198,18 +212,29 @@ class Supervisor:
                 self._loop_running = False
                 self.status_lock.notify_all()
             self._kill_all()
+            if self.leases is not None:
+                self.leases.close()  # LeaveGroup, after the workers' last checkpoints: peers take over now
             self.session.cluster.shutdown()
         return self.exit_code
-
-    def may_auto_replay(self) -> bool:
-        """Whether this replica runs dead-letter auto-recovery (DESIGN §4b): one replica at a time.
-        Until replicas share slots (§5b) every replica is the only one; then: "owns slot 0"."""
-        return True
 
     def dlq(self) -> dict:
         """/dlq: dead-letter statistics and the last auto-recovery round (read-only)."""
         monitor = getattr(self, "dlq_monitor", None)
         return monitor.dlq() if monitor is not None else {"stats": None}
+
+    def _join_group(self) -> None:
+        from relay.leases import GroupMember, ensure_topic
+
+        lz = self.cfg.leases
+        ensure_topic(self.cfg)
+        self.ownership = Ownership(lz.duration_seconds, lz.renew_seconds, self.cfg.relay.shutdown_timeout_seconds)
+        self._run_slots = frozenset()
+        self.metrics.slots_total.set(lz.slots)
+        self.metrics.slots_owned.set(0)
+        self.leases = GroupMember(self.cfg, self.lease_events)
+        self.leases.start()
+        log.info("joining leases group %s (topic %s, %d slots)", self.cfg.leases_group_id, self.cfg.leases_topic,
+                 lz.slots)
 
     def _require_schema(self) -> None:
         from relay.errors import UserError
@@ -248,6 +273,66 @@ class Supervisor:
                     slot.sender.stop()
                 else:
                     slot.process.kill()
+
+    def step_leases(self) -> None:
+        """Group facts in (relay.leases), ownership decisions out: which slots' tasks run, when a
+        revoke's drain is over, and the workers' publishing deadline."""
+        from relay.leases import Assigned, Lost, Proven, Revoked
+
+        o = self.ownership
+        if o is None:
+            return
+        now = time.monotonic()
+        m = self.metrics
+        while True:
+            try:
+                ev = self.lease_events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(ev, Proven):
+                o.proven(ev.sent_at)
+            elif isinstance(ev, Assigned):
+                o.assigned(ev.slots)
+                m.rebalances.labels("assigned").inc()
+            elif isinstance(ev, Revoked):
+                o.revoked(ev.slots, now)
+                self._pending_revokes.append((ev, now))
+                m.rebalances.labels("revoked").inc()
+            elif isinstance(ev, Lost):
+                o.lost(ev.slots, now)
+                m.rebalances.labels("lost").inc()
+                m.slots_lost.inc(len(ev.slots))
+                m.rebalance_seconds.observe(0.0)  # nothing to wait for: the tasks stop at once
+        held: set[tuple] = set()
+        for slot in self.slots:
+            held |= slot.held()
+        o.holding(self.slot_map.slots_of(held))
+        d = self._lease_decision = o.decide(now)
+        if d.run != self._run_slots:
+            self._run_slots = d.run
+            self._run_version += 1
+            self._dirty_tables.update(self.generations)
+            self._dirty_tables.update(self._table_tasks)
+        if d.revoke_done and self._pending_revokes:
+            if d.drain_timed_out:
+                log.error("leases: revoked tasks were not checkpointed within shutdown_timeout_seconds; "
+                          "handing their slots over anyway (the next owner re-reads, dedup drops repeats)")
+            for ev, at in self._pending_revokes:
+                m.rebalance_seconds.observe(now - at)
+                ev.done.set()
+            self._pending_revokes.clear()
+        if d.valid_until != self._lease_sent:
+            self._lease_sent = d.valid_until
+            for slot in self.slots:
+                if slot.sender is not None:
+                    slot.sender.lease(Lease(d.valid_until))
+        m.slots_owned.set(len(d.run))
+
+    def may_auto_replay(self) -> bool:
+        """DLQ auto-replay runs on one replica at a time (DESIGN §4b): the owner of slot 0, while its
+        group session is proven. False before leases are joined."""
+        d = self._lease_decision
+        return d is not None and 0 in d.run and time.monotonic() < d.valid_until
 
     def step_drain(self) -> bool:
         """True once every worker has exited (or the shutdown timeout passed)."""
@@ -432,10 +517,10 @@ class Supervisor:
             gen = self._active_generation(table)
             if self.until_us is not None:
                 self._all_complete[table] = all(self._gen_complete(g) for g in self.generations.get(table, []))
-            gen_key = None if gen is None else (gen.start_us, gen.end_us)
-            if gen_key != self._table_gen.get(table):  # its tasks are cut once per (start, end)
+            gen_key = None if gen is None else (gen.start_us, gen.end_us, self._run_version)
+            if gen_key != self._table_gen.get(table):  # cut once per (start, end) and owned slots
                 self._table_gen[table] = gen_key
-                tasks = {t.key: t for t in self._tasks_of(gen)} if gen is not None else {}
+                tasks = {t.key: t for t in self._tasks_of(gen) if self._runs(t, gen)} if gen is not None else {}
                 changed = True
                 self._table_tasks[table] = tasks
                 self.planner.update(table, tasks.keys())
@@ -451,6 +536,10 @@ class Supervisor:
                 self.views[t.key].worker = slot.index
         self._assigned_keys = set(by_key)
         self._handover_dirty = True
+
+    def _runs(self, task: Task, gen: Generation) -> bool:
+        """The task's slot is one this replica runs (all of them without leases)."""
+        return self._run_slots is None or self.slot_map.of(task, gen.tablets) in self._run_slots
 
     def _handover(self) -> None:
         """Send each worker its planned tasks that no other live worker may still hold."""
@@ -614,11 +703,22 @@ class Supervisor:
         dlq_failing = [s.dlq_failing for s in self.slots if s.dlq_failing]
         ready = self.discovered and not self.stopping and not dlq_failing and all(
             w["alive"] and w["heartbeat_age_seconds"] is not None for w in workers)
+        leases = None
+        if self.ownership is not None:
+            d = self._lease_decision
+            # A member serving its slots (proven session), or a member with none (standby).
+            ready = ready and d is not None and d.member and (not d.run or now < d.valid_until)
+            leases = {**(self.leases.snapshot() if self.leases is not None else {}),
+                      "slots": sorted(d.run) if d else [], "draining": sorted(d.draining) if d else [],
+                      "valid_for_seconds": round(max(0.0, d.valid_until - now), 1) if d else 0.0,
+                      "slots_total": self.cfg.leases.slots, "group_id": self.cfg.leases_group_id,
+                      "topic": self.cfg.leases_topic}
         return {"state": "stopping" if self.stopping else ("running" if ready else "starting"),
                 "replica": self.cfg.replica_id, "ready": ready, "workers": workers,
                 "generations": gens, "until_us": self.until_us,
                 "dead_letter_writes_failing": dlq_failing[0] if dlq_failing else None,
-                "clock_ahead_seconds": max((s.clock_ahead_s for s in self.slots), default=0.0)}
+                "clock_ahead_seconds": max((s.clock_ahead_s for s in self.slots), default=0.0),
+                "leases": leases}
 
     def _task_rows(self) -> dict:
         now_us = int(time.time() * 1e6)
@@ -630,7 +730,8 @@ class Supervisor:
             if behind is not None and not v.finished:
                 lag[v.task.table] = max(lag.get(v.task.table, 0.0), behind)
             tasks.append({"table": v.task.table, "generation_us": v.task.generation_us, "task_id": v.task.task_id,
-                          "streams": len(v.task.streams), "worker": v.worker, "position_us": v.position_us,
+                          "streams": len(v.task.streams), "replica": self.cfg.replica_id, "worker": v.worker,
+                          "slot": self.slot_map.known(key), "position_us": v.position_us,
                           "lag_seconds": behind, "finished": v.finished, "error": v.error or None})
         return {"tasks": tasks, "lag_seconds": lag}
 
@@ -659,6 +760,8 @@ class Supervisor:
         slot.sent = None
         slot.seq, slot.hb_seq, slot.hb_keys, slot.outstanding = 0, -1, set(), {}
         slot.idle_s, slot.dlq_failing = 0.0, ""
+        if self._lease_sent is not None:
+            slot.sender.lease(Lease(self._lease_sent))  # before its first assignment
         self._handover_dirty = True
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
 

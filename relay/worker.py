@@ -22,7 +22,9 @@ from multiprocessing.connection import Connection
 
 from relay.clock import SAMPLE_INTERVAL_S, ClockSkew
 from relay.config import Config
-from relay.messages import Assign, Beat, BootError, Progress, Stop
+from relay.fence import PAUSE_S as FENCE_PAUSE_S
+from relay.fence import Fence, Fenced
+from relay.messages import Assign, Beat, BootError, Lease, Progress, Stop
 from relay.model import OutboxEvent, Task
 from relay.schedule import MAX_READ_ROWS, Read, Schedule
 
@@ -64,6 +66,7 @@ class Worker:
         self._next_skew = 0.0
         self.dlq_failing = ""
         self.routers: dict[str, object] = {}
+        self.fence = Fence()  # self-fencing (DESIGN §5b): the supervisor's Lease messages move its deadline
 
     # ---------------------------------------------------------------- boot
     def boot(self) -> None:
@@ -233,6 +236,8 @@ class Worker:
                     self.ttl_by_table.update(msg.ttl_by_table)
                     self._assign(msg.tasks)
                     self._report()  # confirm at once: the supervisor waits for it before handing over
+                elif isinstance(msg, Lease):
+                    self.fence.update(msg.valid_until)
                 elif isinstance(msg, Stop):
                     self.stopping = True
         except (EOFError, OSError):
@@ -410,6 +415,12 @@ class Worker:
             self._drop_inflight("kafka breaker open")
         except PublishAborted:
             sch.released(read, now_us(), "stopping")  # re-read by whoever runs the tasks next
+        except Fenced as exc:  # the lease is not proven: publish nothing, re-read once it is (or by the next owner)
+            self.metrics.fence_events.inc()
+            self.paused_until = time.monotonic() + FENCE_PAUSE_S
+            sch.paused_until_us = now_us() + int(FENCE_PAUSE_S * 1_000_000)
+            sch.released(read, now_us(), str(exc))
+            self._drop_inflight("fenced")
         except FatalProducerError as exc:
             log.error("worker %d: fatal producer error, rebuilding the producer: %s", self.index, exc)
             self.publisher.rebuild()
@@ -485,6 +496,7 @@ class Worker:
             m.events_skipped.labels(table, op).inc(n)
         if not events and not poisons:
             return counts
+        self.fence.check()  # raises Fenced past the lease's deadline: nothing below may publish
 
         # Marks an outage left unwritten go first: the dedup check below must see them.
         self._mark_pending()

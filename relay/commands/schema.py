@@ -29,4 +29,7 @@ def _apply(args) -> int:
             print(f"ok  {name}")
     finally:
         session.cluster.shutdown()
+    from relay.leases import ensure_topic
+
+    print(f"ok  {ensure_topic(cfg)}")  # the leases topic: one partition per slot (DESIGN §5b)
     return 0
