@@ -291,3 +291,23 @@ class GroupMember:
         with self._lock:
             members = dict(self.members)
         return {"member_id": self.member_id, "generation": self.generation, "members": members}
+
+
+def replica_of_client(client_id: str) -> str:
+    return client_id[len("relay-"):] if client_id.startswith("relay-") else client_id
+
+
+def describe_group(cfg: Config, timeout: float = 10.0) -> dict:
+    """The leases group as Kafka's coordinator sees it: state and each member's slots, keyed by replica
+    id (from its client id). For `relay status`; works whether or not this host runs relay."""
+    from confluent_kafka.admin import AdminClient
+
+    group = cfg.leases_group_id
+    admin = AdminClient(client_base(cfg))
+    desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    members: dict[str, list[int]] = {}
+    for m in desc.members:
+        parts = sorted(tp.partition for tp in (m.assignment.topic_partitions if m.assignment else ()))
+        members.setdefault(replica_of_client(m.client_id), []).extend(parts)
+    return {"group_id": group, "topic": cfg.leases_topic, "slots": cfg.leases.slots,
+            "state": str(getattr(desc.state, "name", desc.state)), "members": members}

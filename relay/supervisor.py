@@ -139,6 +139,7 @@ class Supervisor:
         self._pending_revokes: list[tuple[object, float]] = []  # (Revoked event, when it arrived)
         self._lease_decision: Decision | None = None
         self._lease_sent: float | None = None  # the validity deadline the workers were last sent
+        self._next_first_start = 0.0
 
     def _tasks_of(self, gen: Generation) -> list[Task]:
         """Tasks of a generation, cut once: the loop asks for them many times a second."""
@@ -388,6 +389,13 @@ class Supervisor:
 
         if not self.discovered:
             return
+        # With replicas, the owner of slot 0 alone decides (two replicas deciding "now" a few seconds
+        # apart would overwrite each other's start); the others wait for its checkpoints.
+        decider = self._run_slots is None or 0 in self._run_slots
+        now = time.monotonic()
+        if not decider and now < self._next_first_start:
+            return
+        self._next_first_start = now + CHECKPOINT_REFRESH_S
         for table, gens in self.generations.items():
             if table in self._first_start_done or not gens:
                 continue
@@ -395,6 +403,8 @@ class Supervisor:
                 if any(self.checkpoints.load(table, g.start_us) for g in gens):
                     self._first_start_done.add(table)
                     self._dirty_tables.add(table)
+                    continue
+                if not decider:
                     continue
                 mode, lookback = parse_start_from(self.cfg.relay.start_from, self.cfg.source)
                 instant = start_from_instant(mode, lookback, int(time.time() * 1e6),

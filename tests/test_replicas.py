@@ -4,12 +4,25 @@ separate `relay run` process tree with its own replica id and metrics port, all 
 consuming Kafka. Several relay process trees at once load the machine: marked `serial`."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 import pytest
-from harness import Outbox, Writer, assert_delivered_in_order, audit, consume_all, split_copies, wait_for
+from harness import (
+    Outbox,
+    Writer,
+    assert_delivered_in_order,
+    audit,
+    consume_all,
+    run_relay,
+    split_copies,
+    wait_for,
+    wait_for_cdc_time,
+)
+
+from relay.testing import now_micros
 
 pytestmark = pytest.mark.serial
 
@@ -75,6 +88,17 @@ def test_three_replicas_share_then_one_is_killed_and_a_fourth_joins(big_outbox, 
             assert r.get("/ready") == b"ready\n"
         shares = owned(reps)
         print("slots per replica:", {k: len(v) for k, v in shares.items()})
+        # `relay status` shows the members, their slots, and the replica each task is with
+        res = run_relay("status", "--json", "--config", str(config))
+        assert res.returncode == 0, res.stderr
+        st = json.loads(res.stdout)
+        assert {k: sorted(v) for k, v in st["leases"]["members"].items()} == shares
+        tasks = st["tables"][big_outbox.table]["generations"][-1]["task_list"]
+        assert all(t["slot"] in shares[t["replica"]] for t in tasks)
+        for r in reps:  # and each replica's /status, its own tasks
+            rows = r.status()["tasks"]
+            name = r.env["RELAY_RELAY__REPLICA_ID"]
+            assert rows and all(t["replica"] == name and t["slot"] in shares[name] for t in rows)
 
         victim, survivors = reps[2], reps[:2]
         killed_at = time.monotonic()
@@ -160,3 +184,32 @@ def test_frozen_supervisor_fences_its_workers_then_rejoins(big_outbox, relay_con
         "; ".join(report.problems(allow_duplicates=True))
     print(f"frozen supervisor: {b.metric('relay_fence_events_total'):.0f} fenced reads, "
           f"{delivered.duplicates()} duplicates of {len(big_outbox.expected_ids())}")
+
+
+def test_generation_switch_with_three_replicas_keeps_order(big_outbox, relay_config, relay_process, keyspace,
+                                                           kafka_bootstrap):
+    """The generation barrier reads the shared checkpoint table: a replica starts its tasks of the new
+    generation only once every task of the old one, whoever owns it, has passed the switch."""
+    topic = topic_of(keyspace)
+    config = relay_config(workers=1)
+    writer = Writer(big_outbox, per_round=60, aggregates=30, pause=0.05)
+    writer.start()
+    try:
+        reps = [start(relay_process, config, f"r{i}") for i in range(3)]
+        wait_for(lambda: balanced(reps), 120, "three replicas owning every slot, balanced")
+        reps[0].wait_until(lambda: consume_all(kafka_bootstrap, [topic]).records, 120, "live writes published")
+        switch = now_micros() + 3_000_000
+        big_outbox.emulator.open_generation(start=switch, vnodes=24, shards=2, seed=77)
+        wait_for_cdc_time(reps[0], kafka_bootstrap, topic, switch, "events written after the switch")
+        writer.wait_rounds(20)
+    finally:
+        writer.stop()
+    new_gen = switch - switch % 1000
+    for r in reps:
+        r.wait_until(lambda r=r: {t["generation_us"] for t in r.status()["tasks"]} == {new_gen}, 120,
+                     "every replica on the new generation")
+    drained(reps[0], big_outbox, kafka_bootstrap, keyspace)
+    delivered = consume_all(kafka_bootstrap, [topic])
+    assert_delivered_in_order(big_outbox, delivered)
+    cdc_times = sorted(delivered.cdc_times().values())
+    assert cdc_times[0] < switch <= cdc_times[-1], "events on both sides of the switch"

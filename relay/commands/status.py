@@ -1,6 +1,8 @@
-"""`relay status [--json]`: generations, tasks, owners, checkpoints and lag per table, DLQ counts.
+"""`relay status [--json]`: generations, tasks, owners, checkpoints and lag per table, DLQ counts,
+and the leases group: its members, the slots of each, and the replica each task's slot is with now.
 
-Read from Scylla (checkpoints, generation metadata), so it works whether or not relay runs."""
+Read from Scylla (checkpoints, generation metadata) and Kafka's group coordinator (DESIGN §5b), so it
+works whether or not relay runs."""
 from __future__ import annotations
 
 import json
@@ -20,11 +22,18 @@ def collect(cfg, session) -> dict:
     from relay.checkpoints import CheckpointStore
     from relay.deadletters import count_pending
     from relay.discovery import Discovery, tasks_of
+    from relay.leases import describe_group
+    from relay.slots import slot_of
 
     discovery = Discovery(session, cfg)
     store = CheckpointStore(session, cfg.scylla.relay_keyspace, cfg.replica_id)
     now_us = int(time.time() * 1e6)
-    out: dict = {"tables": {}}
+    try:
+        leases = describe_group(cfg)
+    except Exception as exc:  # noqa: BLE001 - Kafka down: the rest of the status still helps
+        leases = {"group_id": cfg.leases_group_id, "error": str(exc).splitlines()[0][:200], "members": {}}
+    replica_of = {s: r for r, slots in leases["members"].items() for s in slots}
+    out: dict = {"leases": leases, "tables": {}}
     for t in cfg.tables:
         gens = discovery.generations(t)
         info: dict = {"mode": "tablets" if discovery.uses_tablets(t) else "vnodes", "generations": []}
@@ -40,6 +49,8 @@ def collect(cfg, session) -> dict:
                    else round(max(0.0, (now_us - min(positions)) / 1e6), 1),
                    "owners": sorted({cps[x.task_id][1] for x in tasks if x.task_id in cps and cps[x.task_id][1]}),
                    "task_list": [{"task_id": x.task_id, "streams": len(x.streams),
+                                  "slot": slot_of(x, cfg.leases.slots, g.tablets),
+                                  "replica": replica_of.get(slot_of(x, cfg.leases.slots, g.tablets)),
                                   "position_us": cps.get(x.task_id, (None,))[0],
                                   "owner": cps.get(x.task_id, (None, None))[1]} for x in tasks]}
             info["generations"].append(gen)
@@ -78,6 +89,12 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(data, indent=1))
         return 0
+    lz = data["leases"]
+    if lz.get("error"):
+        print(f"leases group {lz['group_id']}: cannot describe it: {lz['error']}")
+    else:
+        per = ", ".join(f"{r}: {len(s)} slot(s)" for r, s in sorted(lz["members"].items())) or "no members"
+        print(f"leases group {lz['group_id']} ({lz['state']}, topic {lz['topic']}, {lz['slots']} slots): {per}")
     for name, info in data["tables"].items():
         print(f"{name}  ({info['mode']}, {len(info['generations'])} generation(s), "
               f"{info['dead_letters_pending']} dead letter(s) pending)")
@@ -88,7 +105,8 @@ def _status(args) -> int:
                   f"{g['tasks']} tasks, {state}; owners: {', '.join(g['owners']) or '-'}")
             if args.tasks and not g["complete"]:
                 for task in g["task_list"]:
-                    print(f"    task {task['task_id']:>7}  {task['streams']} stream(s)  "
+                    print(f"    task {task['task_id']:>7}  {task['streams']} stream(s)  slot {task['slot']:>4}  "
+                          f"replica {task['replica'] or '-'}  "
                           f"position {_fmt_ts(task['position_us']) if task['position_us'] else '-'}  "
                           f"{task['owner'] or ''}")
     return 0
