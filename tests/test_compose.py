@@ -67,6 +67,12 @@ METRICS = {
     "relay_worker_hangs_total": "counter",
     "relay_generations_expired_total": "counter",
     "relay_generations_disappeared_total": "counter",
+    "relay_slots_owned": "gauge",
+    "relay_slots_total": "gauge",
+    "relay_rebalances_total": "counter",
+    "relay_rebalance_seconds": "histogram",
+    "relay_slots_lost_total": "counter",
+    "relay_fence_events_total": "counter",
 }
 # Series Prometheus itself adds to every target; alerts may use them.
 PROMETHEUS_SERIES = {"up"}
