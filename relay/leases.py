@@ -82,6 +82,10 @@ def consumer_config(cfg: Config, on_commit, on_error) -> dict:
     return conf
 
 
+class KafkaUnreachable(Exception):
+    """Kafka did not answer: retry (the supervisor waits), unlike a misconfiguration (UserError)."""
+
+
 def ensure_topic(cfg: Config, timeout: float = 15.0) -> str:
     """Create the coordination topic with `slots` partitions when missing; refuse one of another size
     (tasks of slots beyond its partitions would never run). Returns what was done."""
@@ -97,8 +101,8 @@ def ensure_topic(cfg: Config, timeout: float = 15.0) -> str:
         try:
             md = admin.list_topics(timeout=timeout)
         except KafkaException as exc:
-            raise UserError(f"{cfg.source}: kafka.bootstrap_servers: cannot reach Kafka to check the leases "
-                            f"topic {topic!r}: {exc}") from None
+            raise KafkaUnreachable(f"cannot reach Kafka ({cfg.kafka.bootstrap_servers}) to check the leases "
+                                   f"topic {topic!r}: {exc}") from None
         tmd = md.topics.get(topic)
         return None if tmd is None or tmd.error is not None else len(tmd.partitions)
 

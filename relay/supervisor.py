@@ -224,10 +224,21 @@ class Supervisor:
         return monitor.dlq() if monitor is not None else {"stats": None}
 
     def _join_group(self) -> None:
-        from relay.leases import GroupMember, ensure_topic
+        from relay.leases import GroupMember, KafkaUnreachable, ensure_topic
 
         lz = self.cfg.leases
-        ensure_topic(self.cfg)
+        while True:  # Kafka down at start: wait for it (a signal still stops relay)
+            try:
+                ensure_topic(self.cfg)
+                break
+            except KafkaUnreachable as exc:
+                log.warning("%s; retrying in 2s", exc)
+                time.sleep(2.0)
+                try:
+                    sig = self.signals.get_nowait()
+                except queue.Empty:
+                    continue
+                raise SystemExit(f"{signal.Signals(sig).name} while waiting for Kafka") from None
         self.ownership = Ownership(lz.duration_seconds, lz.renew_seconds, self.cfg.relay.shutdown_timeout_seconds)
         self._run_slots = frozenset()
         self.metrics.slots_total.set(lz.slots)
@@ -304,10 +315,11 @@ class Supervisor:
                 m.rebalances.labels("lost").inc()
                 m.slots_lost.inc(len(ev.slots))
                 m.rebalance_seconds.observe(0.0)  # nothing to wait for: the tasks stop at once
-        held: set[tuple] = set()
-        for slot in self.slots:
-            held |= slot.held()
-        o.holding(self.slot_map.slots_of(held))
+        if o.draining:  # what the workers hold matters only to a drain (O(tasks): not on every loop)
+            held: set[tuple] = set()
+            for slot in self.slots:
+                held |= slot.held()
+            o.holding(self.slot_map.slots_of(held))
         d = self._lease_decision = o.decide(now)
         if d.run != self._run_slots:
             self._run_slots = d.run

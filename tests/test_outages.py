@@ -61,8 +61,10 @@ def test_kafka_down_90s_with_default_settings(keyspace, config, relay_process, o
         relay.wait_until(lambda: relay.metric("relay_events_published_total") > 0, 60, "first events")
         stack("down", "kafka")
         down_at = time.monotonic()
-        relay.wait_until(lambda: relay.metric("relay_breaker_transitions_total", state="open") >= 1, 85,
-                         "the breaker to open")
+        # Publishing pauses: the breaker opens, or - Kafka's group coordinator being down too, so the
+        # replica cannot prove its lease (DESIGN §5b) - the workers fence themselves first.
+        relay.wait_until(lambda: relay.metric("relay_breaker_transitions_total", state="open") >= 1
+                         or relay.metric("relay_fence_events_total") >= 1, 85, "publishing to pause")
         hold_outage(90, since=down_at)
         stack("up", "kafka")
     finally:

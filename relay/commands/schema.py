@@ -29,7 +29,11 @@ def _apply(args) -> int:
             print(f"ok  {name}")
     finally:
         session.cluster.shutdown()
-    from relay.leases import ensure_topic
+    from relay.errors import UserError
+    from relay.leases import KafkaUnreachable, ensure_topic
 
-    print(f"ok  {ensure_topic(cfg)}")  # the leases topic: one partition per slot (DESIGN §5b)
+    try:
+        print(f"ok  {ensure_topic(cfg)}")  # the leases topic: one partition per slot (DESIGN §5b)
+    except KafkaUnreachable as exc:
+        raise UserError(f"{cfg.source}: kafka.bootstrap_servers: {exc}") from None
     return 0

@@ -1,0 +1,223 @@
+"""Replicas sharing tables through lease slots (DESIGN §5b), measured on the local stack:
+
+    .venv/bin/python -m benchmarks.replicas [--events 20000] [--out benchmarks/results/replicas.json]
+
+- drain: one backlog drained with `--until` by 1 replica, then (fresh relay keyspace, topic and
+  dedup prefix) by 3 replicas at once; CPU per event of all their processes (wait4 rusage), wall
+  time, and what the topic holds (delivery is judged by reading it back).
+- live: 3 replicas (`relay run`, 1 worker each, default [leases]) on an idle table: time from the
+  start to the first /ready and to a balanced group; SIGKILL of one replica's process group → the
+  others own every slot (takeover, bounded by the session timeout); a 4th joins → balanced again;
+  SIGTERM of one → the others own every slot (graceful leave: LeaveGroup after the drain).
+
+Not part of `make bench` (yet): its own JSON, and a summary on stdout. The local stack's Kafka sets
+group.initial.rebalance.delay.ms = 0; a broker with the default (3 s) delays the first member of an
+empty group by that much (reported as `broker_initial_rebalance_delay_ms`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from benchmarks import common
+from benchmarks.backlog import relay_command, wait_confidence, write_backlog
+from benchmarks.common import Stack, log
+
+SLOTS = 64
+
+
+def _config(stack: Stack, workdir: Path, backlog, tag: str, defaults: bool = False) -> tuple[Path, str, str]:
+    ks = backlog.keyspace
+    topic, prefix = f"{ks}.{tag}.order", f"{ks}:{tag}:"
+    config = common.write_config(workdir / f"relay-{tag}.toml", stack, keyspace=ks, relay_keyspace=f"{ks}_{tag}",
+                                 tables=[backlog.table], topic=topic, key_prefix=prefix, defaults=defaults,
+                                 relay={"workers": 1})
+    common.apply_relay_schema(config)
+    common.create_topics(stack.kafka, [topic])
+    return config, topic, prefix
+
+
+def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
+    tag = f"x{replicas}"
+    config, topic, _ = _config(stack, workdir, backlog, tag)
+    wait_confidence(backlog, 10.0)
+    runs: list = [None] * replicas
+    errors: list = []
+
+    def one(i: int) -> None:
+        env = dict(os.environ, RELAY_RELAY__REPLICA_ID=f"{tag}-{i}", RELAY_METRICS__PORT=str(common.free_port()))
+        try:
+            runs[i] = common.run_and_sample(relay_command(config, 1, backlog.until_us), env=env,
+                                            log_path=workdir / f"relay-{tag}-{i}.log", timeout=3600)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    log(f"drain: {backlog.events:,} events by {replicas} replica(s) of 1 worker -> {topic}")
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(replicas)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    if errors:
+        raise errors[0]
+    codes = [r.returncode for r in runs]
+    for r in runs:
+        common.remove_metrics_dir(r.sampler.root)
+    rep = common.read_topic(stack.kafka, topic)
+    cpu = sum(r.cpu_s for r in runs)
+    out = {"replicas": replicas, "exit_codes": codes, "wall_s": round(wall, 2),
+           "events_per_s": round(backlog.events / wall, 1), "cpu_s": round(cpu, 2),
+           "cpu_us_per_event": round(cpu / backlog.events * 1e6, 1),
+           "cpu_s_per_replica": [round(r.cpu_s, 2) for r in runs], "delivered": rep.to_dict(),
+           "complete": rep.distinct_ids == backlog.events}
+    log(f"drain x{replicas}: {out['events_per_s']:,.0f} events/s, {out['cpu_us_per_event']} µs CPU/event, "
+        f"{rep.distinct_ids:,}/{backlog.events:,} delivered, {rep.duplicates} duplicates, exits {codes}")
+    return out
+
+
+class Replica:
+    def __init__(self, config: Path, name: str, workdir: Path) -> None:
+        self.name, self.port = name, common.free_port()
+        env = dict(os.environ, RELAY_RELAY__REPLICA_ID=name, RELAY_METRICS__PORT=str(self.port),
+                   PYTHONUNBUFFERED="1")
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.log = open(workdir / f"live-{name}.log", "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(relay_command(config, 1, None), stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=common.REPO, env=env, start_new_session=True)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+        except OSError:
+            return 0, b""
+
+    def slots(self) -> list[int]:
+        code, body = self.get("/status")
+        return (json.loads(body).get("leases") or {}).get("slots", []) if code == 200 else []
+
+    def ready(self) -> bool:
+        return self.get("/ready")[0] == 200
+
+    def kill(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self.kill(signal.SIGKILL)
+        self.proc.wait(30)
+        self.log.close()
+        common.remove_metrics_dir(self.proc.pid)
+
+
+def _until(predicate, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def _covers(reps) -> bool:
+    return sorted(s for r in reps for s in r.slots()) == list(range(SLOTS))
+
+
+def _balanced(reps) -> bool:
+    counts = [len(r.slots()) for r in reps]
+    return sum(counts) == SLOTS and _covers(reps) and max(counts) - min(counts) <= 1
+
+
+def live(stack: Stack, workdir: Path, backlog) -> dict:
+    config, _, _ = _config(stack, workdir, backlog, "live", defaults=True)
+    reps = [Replica(config, f"live-{i}", workdir) for i in range(3)]
+    out: dict = {}
+    try:
+        out["first_ready_s"] = round(_until(lambda: any(r.ready() for r in reps), 120, "a replica ready"), 2)
+        out["three_balanced_s"] = round(_until(lambda: _balanced(reps), 120, "three replicas balanced")
+                                        + out["first_ready_s"], 2)
+        _until(lambda: all(r.ready() for r in reps), 120, "every replica ready")
+        victim = reps.pop()
+        victim.kill(signal.SIGKILL)
+        out["takeover_after_sigkill_s"] = round(_until(lambda: _covers(reps), 120, "takeover after SIGKILL"), 2)
+        victim.stop()
+        joiner = Replica(config, "live-3", workdir)
+        reps.append(joiner)
+        out["join_to_balanced_s"] = round(_until(lambda: _balanced(reps), 120, "the 4th balanced in"), 2)
+        leaver = reps.pop(0)
+        leaver.kill(signal.SIGTERM)
+        out["takeover_after_sigterm_s"] = round(_until(lambda: _covers(reps), 120, "takeover after SIGTERM"), 2)
+        out["sigterm_exit_code"] = leaver.proc.wait(60)
+        leaver.stop()
+    finally:
+        for r in reps:
+            r.stop()
+    log("live: " + ", ".join(f"{k} {v}" for k, v in out.items()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.replicas", description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--aggregates", type=int, default=2_000)
+    p.add_argument("--vnodes", type=int, default=64)
+    p.add_argument("--skip", default="", help="drain and/or live")
+    p.add_argument("--out", type=Path, default=common.REPO / "benchmarks" / "results" / "replicas.json")
+    a = p.parse_args(argv)
+    stack = Stack.from_env()
+    run_id = f"brep_{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"{run_id}-"))
+    result: dict = {"run_id": run_id, "events": a.events, "vnodes": a.vnodes, "slots": SLOTS,
+                    "broker_initial_rebalance_delay_ms": _initial_delay(), "machine": common.machine_info(stack)}
+    try:
+        backlog = write_backlog(stack, workdir, run_id, events=a.events, aggregates=a.aggregates, vnodes=a.vnodes,
+                                shards=2)
+        if "drain" not in a.skip:
+            result["drain"] = [drain(stack, workdir, backlog, n) for n in (1, 3)]
+            one, three = result["drain"]
+            result["cpu_per_event_ratio_3_vs_1"] = round(three["cpu_us_per_event"] / one["cpu_us_per_event"], 2)
+        if "live" not in a.skip:
+            result["live"] = live(stack, workdir, backlog)
+    finally:
+        common.drop_keyspaces(stack, run_id)
+        topics = common.list_topics(stack.kafka, run_id) + common.list_topics(stack.kafka, f"relay.slots.{run_id}")
+        if topics:
+            common.delete_topics(stack.kafka, topics)
+        common.redis_delete_prefix(stack, run_id)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    log(f"written {a.out}")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    return 0
+
+
+def _initial_delay() -> int | None:
+    """The broker's group.initial.rebalance.delay.ms, when the local stack's config says."""
+    conf = common.REPO / "deploy" / "local" / "conf" / "kafka.properties"
+    try:
+        for line in conf.read_text().splitlines():
+            if line.startswith("group.initial.rebalance.delay.ms="):
+                return int(line.split("=", 1)[1])
+    except OSError:
+        pass
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
