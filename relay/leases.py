@@ -282,10 +282,13 @@ class GroupMember:
             except Exception as exc:  # noqa: BLE001
                 log.debug("describe group: %s", exc)
                 return
-            members = {}
+            members: dict[str, list[int]] = {}
             for m in desc.members:
                 parts = sorted(tp.partition for tp in (m.assignment.topic_partitions if m.assignment else ()))
-                members[f"{m.client_id}@{m.host.strip('/')}#{m.member_id[-6:]}"] = parts
+                name = replica_of_client(m.client_id)
+                if name in members:  # two replicas with one replica id: show both
+                    name = f"{name}#{m.member_id[-6:]}"
+                members[name] = parts
             with self._lock:
                 self.members = members
 
