@@ -184,10 +184,22 @@ def test_frozen_replica_fences_itself_then_rejoins(big_outbox, relay_config, rel
     drained(a, big_outbox, kafka_bootstrap, keyspace)
     delivered = consume_all(kafka_bootstrap, [topic_of(keyspace)])
     report = audit(big_outbox.written, delivered)
-    assert not (report.lost or report.unexpected or report.out_of_order or report.split), \
+    assert not (report.lost or report.unexpected or report.split or report.wrong_key), \
         "; ".join(report.problems(allow_duplicates=True))
+    first, _ = split_copies(delivered)
+    assert not audit(big_outbox.written, first).problems(), "first deliveries out of order"
+    if frozen == "supervisor":
+        assert not report.out_of_order, "; ".join(report.problems(allow_duplicates=True))
+    else:
+        # Known limit of fencing without Kafka transactions: a record already handed to the producer
+        # when the whole replica froze (produce() to the broker's append: linger.ms plus a round trip)
+        # is sent when it wakes, possibly after the new owner re-published it and newer ones. Only
+        # such copies may come late; every first delivery is in order, nothing is lost.
+        duplicated = {eid for eid, n in delivered.ids.items() if n > 1}
+        assert set(report.reordered) <= duplicated, report.out_of_order[:3]
     print(f"frozen {frozen}: {b.metric('relay_fence_events_total'):.0f} fenced reads, "
-          f"{delivered.duplicates()} duplicates of {len(big_outbox.expected_ids())}")
+          f"{delivered.duplicates()} duplicates of {len(big_outbox.expected_ids())}, "
+          f"{len(report.reordered)} late copies")
 
 
 def test_generation_switch_with_three_replicas_keeps_order(big_outbox, relay_config, relay_process, keyspace,
