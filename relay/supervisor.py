@@ -140,6 +140,7 @@ class Supervisor:
         self._lease_decision: Decision | None = None
         self._lease_sent: float | None = None  # the validity deadline the workers were last sent
         self._next_first_start = 0.0
+        self._lease_healthy = False
 
     def _tasks_of(self, gen: Generation) -> list[Task]:
         """Tasks of a generation, cut once: the loop asks for them many times a second."""
@@ -334,6 +335,13 @@ class Supervisor:
                 m.rebalance_seconds.observe(now - at)
                 ev.done.set()
             self._pending_revokes.clear()
+        if d.healthy != self._lease_healthy and (d.run or not d.healthy):
+            self._lease_healthy = d.healthy
+            if d.healthy:
+                log.info("leases: group session proven; workers publish for %d slot(s)", len(d.run))
+            else:
+                log.warning("leases: group session not proven (Kafka unreachable, frozen, or expelled): "
+                            "workers publish nothing until it is")
         if d.valid_until != self._lease_sent:
             self._lease_sent = d.valid_until
             for slot in self.slots:
