@@ -95,6 +95,9 @@ def test_three_replicas_share_then_one_is_killed_and_a_fourth_joins(big_outbox, 
         assert {k: sorted(v) for k, v in st["leases"]["members"].items()} == shares
         tasks = st["tables"][big_outbox.table]["generations"][-1]["task_list"]
         assert all(t["slot"] in shares[t["replica"]] for t in tasks)
+        text = run_relay("status", "--tasks", "--config", str(config))
+        assert text.returncode == 0, text.stderr
+        assert all(f"{name}: {len(s)} slot(s)" in text.stdout for name, s in shares.items()), text.stdout
         for r in reps:  # and each replica's /status, its own tasks
             rows = r.status()["tasks"]
             name = r.env["RELAY_RELAY__REPLICA_ID"]
