@@ -333,6 +333,9 @@ def cleanup(stack: Stack, run_id: str) -> None:
     for what, fn in (("keyspaces", lambda: common.drop_keyspaces(stack, run_id)),
                      ("topics", lambda: common.delete_topics(stack.kafka, common.list_topics(stack.kafka,
                                                                                              run_id + "."))),
+                     # relay.slots.<relay keyspace>: the leases topic of each relay run (DESIGN §5b)
+                     ("leases topics", lambda: common.delete_topics(
+                         stack.kafka, common.list_topics(stack.kafka, f"relay.slots.{run_id}"))),
                      ("redis", lambda: common.redis_delete_prefix(stack, run_id + ":"))):
         try:
             fn()
