@@ -232,3 +232,28 @@ def test_generation_switch_with_three_replicas_keeps_order(big_outbox, relay_con
     assert_delivered_in_order(big_outbox, delivered)
     cdc_times = sorted(delivered.cdc_times().values())
     assert cdc_times[0] < switch <= cdc_times[-1], "events on both sides of the switch"
+
+
+def test_static_membership_restart_gets_the_same_slots_back(big_outbox, relay_config, relay_process, keyspace,
+                                                             kafka_bootstrap):
+    """leases.static_membership (StatefulSets): group.instance.id = replica id, so a replica restarted
+    within the session timeout takes its own slots back without a rebalance moving them."""
+    config = relay_config(workers=1)
+    static = {"RELAY_LEASES__STATIC_MEMBERSHIP": "true"}
+    writer = Writer(big_outbox, per_round=20, aggregates=40)
+    writer.start()
+    try:
+        a = relay_process(config, env={"RELAY_RELAY__REPLICA_ID": "a", **static})
+        b = relay_process(config, env={"RELAY_RELAY__REPLICA_ID": "b", **static})
+        wait_for(lambda: balanced([a, b]), 120, "two static members sharing the slots")
+        before = owned([a, b])
+        b.signal(signal.SIGTERM)
+        assert b.wait(60) == 0, b.output()[-3000:]
+        again = relay_process(config, env={"RELAY_RELAY__REPLICA_ID": "b", **static})
+        wait_for(lambda: covers_all([a, again]), 120, "b back")
+        assert owned([a, again]) == before, "a static member's slots moved over a quick restart"
+        writer.wait_rounds(20)
+    finally:
+        writer.stop()
+    drained(a, big_outbox, kafka_bootstrap, keyspace)
+    assert_delivered_in_order(big_outbox, consume_all(kafka_bootstrap, [topic_of(keyspace)]))
