@@ -36,6 +36,12 @@ DASHBOARD_PROVIDER_YML = DEPLOY / "grafana" / "provisioning" / "dashboards" / "r
 DASHBOARD_JSON = DEPLOY / "grafana" / "dashboards" / "relay.json"
 METRICS_MD = DEPLOY / "METRICS.md"
 K8S = DEPLOY / "k8s"
+HTTPSERVER_PY = REPO / "relay" / "httpserver.py"
+# Kubernetes release the manifests are checked against (schemas shipped by kubernetes-validate).
+K8S_VERSION = "1.29"
+# The broker's default group.min.session.timeout.ms / group.max.session.timeout.ms: a session
+# timeout (leases.duration_seconds) outside them is refused when the member joins.
+BROKER_SESSION_TIMEOUT_RANGE_S = (6.0, 1800.0)
 
 # The metrics contract (deploy/METRICS.md): name → type.
 METRICS = {
@@ -103,6 +109,21 @@ def k8s_doc(name: str, kind: str) -> dict:
     docs = [d for d in load_yaml_docs(K8S / name) if d.get("kind") == kind]
     assert len(docs) == 1, f"deploy/k8s/{name}: expected one {kind}, found {len(docs)}"
     return docs[0]
+
+
+def k8s_resources() -> list[tuple[str, dict]]:
+    """(path, document) of every Kubernetes object under deploy/k8s (Helm values files are not)."""
+    out = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in load_yaml_docs(path):
+            if "apiVersion" in doc and "kind" in doc:
+                out.append((str(path.relative_to(K8S)), doc))
+    return out
+
+
+def http_paths(source: str) -> set[str]:
+    """The paths relay's HTTP server answers (`path == "/x"` in relay/httpserver.py)."""
+    return set(re.findall(r"\bpath\s*==\s*\"(/[\w\-/]*)\"", source))
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
@@ -702,30 +723,154 @@ def test_k8s_ports_probes_and_shutdown_agree(tmp_path):
     dep, c = k8s_container()
     cfg = k8s_config(tmp_path, k8s_env(c))
     spec = dep["spec"]["template"]["spec"]
-    assert dep["spec"]["replicas"] == 2
+    # Three members: a kill or a drain leaves two to take over its slots.
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["replicas"] <= cfg.leases.slots
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["metrics"] == cfg.metrics.port
 
     def resolve(port):
         return ports[port] if isinstance(port, str) else port
 
+    served = http_paths(HTTPSERVER_PY.read_text())
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if probe in c:
             assert resolve(c[probe]["httpGet"]["port"]) == cfg.metrics.port, probe
+            assert c[probe]["httpGet"]["path"] in served, f"{probe}: relay/httpserver.py does not serve it"
     annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
     if "prometheus.io/port" in annotations:
         assert int(annotations["prometheus.io/port"]) == cfg.metrics.port
-    assert spec["terminationGracePeriodSeconds"] > cfg.relay.shutdown_timeout_seconds
+        assert annotations.get("prometheus.io/path", "/metrics") in served
+    # The drain (bounded by shutdown_timeout_seconds) and leaving the group end before SIGKILL.
+    assert spec["terminationGracePeriodSeconds"] >= cfg.relay.shutdown_timeout_seconds + 10
     assert c["resources"]["requests"] and c["resources"]["limits"]
     svc = k8s_doc("service.yaml", "Service")
     assert [resolve(p["targetPort"]) for p in svc["spec"]["ports"]] == [cfg.metrics.port]
+    # Draining and not-yet-assigned pods are not ready, and their metrics matter most then.
+    assert svc["spec"].get("publishNotReadyAddresses") is True
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     pdb = k8s_doc("pdb.yaml", "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # One member in motion at a time, and the other two keep serving.
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_leases_fit_the_broker_and_the_replicas(tmp_path):
+    dep, c = k8s_container()
+    cfg = k8s_config(tmp_path, k8s_env(c))
+    low, high = BROKER_SESSION_TIMEOUT_RANGE_S
+    assert low <= cfg.leases.duration_seconds <= high
+    # Kafka's rule of thumb: at least three heartbeats per session.
+    assert cfg.leases.renew_seconds * 3 <= cfg.leases.duration_seconds
+    assert cfg.leases.static_membership is False, "the Deployment's pod names change on every restart"
+
+
+def test_k8s_statefulset_is_the_deployment_with_static_membership(tmp_path):
+    dep, _ = k8s_container()
+    sts = k8s_doc("statefulset/statefulset.yaml", "StatefulSet")
+    assert sts["metadata"]["name"] == dep["metadata"]["name"]
+    assert sts["spec"]["replicas"] == dep["spec"]["replicas"]
+    assert sts["spec"]["selector"] == dep["spec"]["selector"]
+    # Same pod, except the variables that turn static membership on.
+    sts_pod, dep_pod = sts["spec"]["template"], dep["spec"]["template"]
+    sts_c = next(c for c in sts_pod["spec"]["containers"] if c["name"] == "relay")
+    dep_c = next(c for c in dep_pod["spec"]["containers"] if c["name"] == "relay")
+    extra = [e for e in sts_c["env"] if e not in dep_c["env"]]
+    assert [e for e in sts_c["env"] if e not in extra] == dep_c["env"]
+    assert {e["name"] for e in extra} == {"RELAY_LEASES__STATIC_MEMBERSHIP", "RELAY_LEASES__DURATION_SECONDS"}
+
+    def without_env(pod: dict) -> dict:
+        pod = json.loads(json.dumps(pod))
+        for cont in pod["spec"]["containers"]:
+            cont.pop("env", None)
+        return pod
+
+    assert without_env(sts_pod) == without_env(dep_pod)
+    env = k8s_env(sts_c)
+    assert [p for p in (env_var_problem(v) for v in env) if p] == []
+    cfg = k8s_config(tmp_path, env)
+    assert cfg.leases.static_membership is True
+    # group.instance.id = replica id = the pod name, which the StatefulSet keeps stable.
+    replica = next(e for e in sts_c["env"] if e["name"] == "RELAY_RELAY__REPLICA_ID")
+    assert replica["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    low, high = BROKER_SESSION_TIMEOUT_RANGE_S
+    assert low <= cfg.leases.duration_seconds <= high
+    assert cfg.leases.renew_seconds * 3 <= cfg.leases.duration_seconds
+    assert sts_pod["spec"]["terminationGracePeriodSeconds"] > cfg.relay.shutdown_timeout_seconds
+    # serviceName names the Service of service.yaml, which selects these pods.
+    svc = k8s_doc("service.yaml", "Service")
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= sts_pod["metadata"]["labels"].items()
+
+
+def test_k8s_servicemonitor_scrapes_the_service():
+    svc = k8s_doc("service.yaml", "Service")
+    sm = k8s_doc("monitoring/servicemonitor.yaml", "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    served = http_paths(HTTPSERVER_PY.read_text())
+    assert sm["spec"]["endpoints"]
+    for ep in sm["spec"]["endpoints"]:
+        assert ep["port"] in port_names
+        assert ep.get("path", "/metrics") in served
+    # No other Service under deploy/k8s matches: each pod is scraped once.
+    services = [d for _, d in k8s_resources() if d["kind"] == "Service"]
+    matching = [d for d in services if sm["spec"]["selector"]["matchLabels"].items()
+                <= d["metadata"].get("labels", {}).items()]
+    assert len(matching) == 1
+
+
+def test_k8s_hpa_scales_the_deployment_on_an_adapter_metric(tmp_path):
+    dep, c = k8s_container()
+    cfg = k8s_config(tmp_path, k8s_env(c))
+    hpa = k8s_doc("autoscaling/hpa.yaml", "HorizontalPodAutoscaler")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (dep["apiVersion"], dep["kind"], dep["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= dep["spec"]["replicas"]
+    # Replicas beyond the slots would own nothing.
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= cfg.leases.slots
+    # Each scale step is a rebalance: scale-down waits long.
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    values = load_yaml(K8S / "autoscaling" / "prometheus-adapter-values.yaml")
+    served = {r["name"]["as"]: r for r in values["rules"]["custom"]}
+    for m in hpa["spec"]["metrics"]:
+        assert m["type"] == "Pods"
+        name = m["pods"]["metric"]["name"]
+        assert name in served, f"prometheus-adapter-values.yaml serves no {name}"
+        rule = served[name]
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+        assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+        series = promql_metric_names(rule["seriesQuery"])
+        assert metric_problems("adapter seriesQuery", rule["seriesQuery"]) == []
+        assert all(METRICS[n] == "gauge" for n in series), "average over pods needs a gauge"
+        assert re.fullmatch(rule["name"]["matches"], next(iter(series)))
+        assert "<<.Series>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"]
+
+
+def test_k8s_manifests_match_the_kubernetes_schemas():
+    """Every object under deploy/k8s against the OpenAPI schemas of K8S_VERSION, unknown fields
+    refused; the Prometheus Operator's CRDs are not in them (checked above by hand)."""
+    import kubernetes_validate  # a dev dependency: its wheel carries the schemas, no download
+
+    resources = k8s_resources()
+    kinds = {d["kind"] for _, d in resources}
+    assert {"ConfigMap", "Deployment", "StatefulSet", "Service", "PodDisruptionBudget",
+            "HorizontalPodAutoscaler", "ServiceMonitor"} <= kinds
+    problems = []
+    for path, doc in resources:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{path}: {doc['kind']}: {exc.message} at {list(exc.path)}")
+    assert problems == []
 
 
 def test_k8s_command_is_a_relay_command():
@@ -803,4 +948,6 @@ def test_checks_catch_mistakes(tmp_path):
     # Dockerfile parsing follows the last stage
     assert dockerfile_instructions("FROM a\nEXPOSE 1\nFROM b\nEXPOSE 2\n") == [("FROM", "b"), ("EXPOSE", "2")]
     assert parse_duration("1m30s") == 90
+    # HTTP paths: only comparisons with `path`, not other strings of the server
+    assert http_paths('if path == "/ready":\n elif path=="/live":\n x = "/status"') == {"/ready", "/live"}
     assert compose_interpolate("s/$${keyspace}/ ${A:-x} $B", {"B": "b"}) == "s/${keyspace}/ x b"
