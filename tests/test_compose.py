@@ -444,7 +444,7 @@ def test_compose_services_and_dependencies():
     services = compose()["services"]
     assert {"scylla", "scylla-init", "kafka", "redis", "relay-schema", "relay", "loadgen",
             "prometheus", "grafana"} <= set(services)
-    assert services["relay"]["deploy"]["replicas"] == 2
+    assert services["relay"]["deploy"]["replicas"] == 3
     assert services["loadgen"].get("profiles") == ["load"]
     for name, s in services.items():
         deps = s.get("depends_on") or {}
@@ -527,6 +527,31 @@ def test_compose_scylla_init_renders_outbox_cql(tmp_path):
     assert "CREATE TABLE IF NOT EXISTS shop.outbox" in cql and "cdc = {'enabled': true" in cql
     cfg = relay_config.load(COMPOSE_TOML, environ={})
     assert "shop.outbox" in [t.name for t in cfg.tables]
+
+
+def test_compose_replicas_share_through_the_group():
+    """Three replicas of one service: distinct replica ids (their hostnames), one group, a
+    session the broker accepts, and a single-broker Kafka that can host a group coordinator."""
+    services = compose()["services"]
+    relay = services["relay"]
+    replicas = relay["deploy"]["replicas"]
+    env = env_dict(relay["environment"])
+    cfg = relay_config.load(COMPOSE_TOML, environ=env)
+    assert 1 < replicas <= cfg.leases.slots
+    # Every replica of the service gets the same environment and file: a replica id set there
+    # would be shared by all, so it must come from each container's hostname.
+    assert "RELAY_RELAY__REPLICA_ID" not in env and cfg.relay.replica_id == ""
+    assert "hostname" not in relay and "container_name" not in relay
+    # Static membership needs ids that survive a restart; compose replicas have none to offer.
+    assert cfg.leases.static_membership is False
+    low, high = BROKER_SESSION_TIMEOUT_RANGE_S
+    assert low <= cfg.leases.duration_seconds <= high
+    assert cfg.leases.renew_seconds * 3 <= cfg.leases.duration_seconds
+    assert parse_duration(relay["stop_grace_period"]) >= cfg.relay.shutdown_timeout_seconds + 10
+    kafka = env_dict(services["kafka"]["environment"])
+    # One broker: __consumer_offsets (the coordinator's log) must fit on it.
+    assert kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert kafka.get("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS") == "0"
 
 
 def test_compose_metrics_port_and_shutdown_agree():
