@@ -31,11 +31,18 @@ DEPLOY = REPO / "deploy"
 COMPOSE_TOML = DEPLOY / "compose" / "relay.toml"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST_YML = DEPLOY / "prometheus" / "alerts_test.yml"
 DATASOURCE_YML = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDER_YML = DEPLOY / "grafana" / "provisioning" / "dashboards" / "relay.yml"
 DASHBOARD_JSON = DEPLOY / "grafana" / "dashboards" / "relay.json"
 METRICS_MD = DEPLOY / "METRICS.md"
 K8S = DEPLOY / "k8s"
+HTTPSERVER_PY = REPO / "relay" / "httpserver.py"
+# Kubernetes release the manifests are checked against (schemas shipped by kubernetes-validate).
+K8S_VERSION = "1.29"
+# The broker's default group.min.session.timeout.ms / group.max.session.timeout.ms: a session
+# timeout (leases.duration_seconds) outside them is refused when the member joins.
+BROKER_SESSION_TIMEOUT_RANGE_S = (6.0, 1800.0)
 
 # The metrics contract (deploy/METRICS.md): name → type.
 METRICS = {
@@ -67,6 +74,7 @@ METRICS = {
     "relay_worker_hangs_total": "counter",
     "relay_generations_expired_total": "counter",
     "relay_generations_disappeared_total": "counter",
+    # Slots shared between replicas through the consumer group (DESIGN §5b).
     "relay_slots_owned": "gauge",
     "relay_slots_total": "gauge",
     "relay_rebalances_total": "counter",
@@ -113,6 +121,21 @@ def k8s_doc(name: str, kind: str) -> dict:
     docs = [d for d in load_yaml_docs(K8S / name) if d.get("kind") == kind]
     assert len(docs) == 1, f"deploy/k8s/{name}: expected one {kind}, found {len(docs)}"
     return docs[0]
+
+
+def k8s_resources() -> list[tuple[str, dict]]:
+    """(path, document) of every Kubernetes object under deploy/k8s (Helm values files are not)."""
+    out = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in load_yaml_docs(path):
+            if "apiVersion" in doc and "kind" in doc:
+                out.append((str(path.relative_to(K8S)), doc))
+    return out
+
+
+def http_paths(source: str) -> set[str]:
+    """The paths relay's HTTP server answers (`path == "/x"` in relay/httpserver.py)."""
+    return set(re.findall(r"\bpath\s*==\s*\"(/[\w\-/]*)\"", source))
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
@@ -433,7 +456,7 @@ def test_compose_services_and_dependencies():
     services = compose()["services"]
     assert {"scylla", "scylla-init", "kafka", "redis", "relay-schema", "relay", "loadgen",
             "prometheus", "grafana"} <= set(services)
-    assert services["relay"]["deploy"]["replicas"] == 2
+    assert services["relay"]["deploy"]["replicas"] == 3
     assert services["loadgen"].get("profiles") == ["load"]
     for name, s in services.items():
         deps = s.get("depends_on") or {}
@@ -518,6 +541,31 @@ def test_compose_scylla_init_renders_outbox_cql(tmp_path):
     assert "shop.outbox" in [t.name for t in cfg.tables]
 
 
+def test_compose_replicas_share_through_the_group():
+    """Three replicas of one service: distinct replica ids (their hostnames), one group, a
+    session the broker accepts, and a single-broker Kafka that can host a group coordinator."""
+    services = compose()["services"]
+    relay = services["relay"]
+    replicas = relay["deploy"]["replicas"]
+    env = env_dict(relay["environment"])
+    cfg = relay_config.load(COMPOSE_TOML, environ=env)
+    assert 1 < replicas <= cfg.leases.slots
+    # Every replica of the service gets the same environment and file: a replica id set there
+    # would be shared by all, so it must come from each container's hostname.
+    assert "RELAY_RELAY__REPLICA_ID" not in env and cfg.relay.replica_id == ""
+    assert "hostname" not in relay and "container_name" not in relay
+    # Static membership needs ids that survive a restart; compose replicas have none to offer.
+    assert cfg.leases.static_membership is False
+    low, high = BROKER_SESSION_TIMEOUT_RANGE_S
+    assert low <= cfg.leases.duration_seconds <= high
+    assert cfg.leases.renew_seconds * 3 <= cfg.leases.duration_seconds
+    assert parse_duration(relay["stop_grace_period"]) >= cfg.relay.shutdown_timeout_seconds + 10
+    kafka = env_dict(services["kafka"]["environment"])
+    # One broker: __consumer_offsets (the coordinator's log) must fit on it.
+    assert kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert kafka.get("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS") == "0"
+
+
 def test_compose_metrics_port_and_shutdown_agree():
     spec = compose()
     relay = spec["services"]["relay"]
@@ -592,12 +640,11 @@ def test_metrics_md_lists_the_contract():
 
 
 def test_metrics_contract_matches_the_code():
-    """relay/metrics.py defines exactly the contract's metrics, with the same types."""
-    source = REPO / "relay" / "metrics.py"
-    if not source.exists():
-        pytest.skip("relay/metrics.py is not written yet")
-    defined = {name: kind.lower() for kind, name in
-               re.findall(r"\b(Counter|Gauge|Histogram)\(\s*\"(relay_\w+)\"", source.read_text())}
+    """The package defines exactly the contract's metrics, with the same types."""
+    defined: dict[str, str] = {}
+    for source in sorted((REPO / "relay").rglob("*.py")):
+        for kind, name in re.findall(r"\b(Counter|Gauge|Histogram)\(\s*\"(relay_\w+)\"", source.read_text()):
+            assert defined.setdefault(name, kind.lower()) == kind.lower(), f"{name} defined as two types"
     assert defined == METRICS
 
 
@@ -659,8 +706,60 @@ def test_alerts_use_contract_metrics_and_cover_the_required_cases():
     assert any(re.search(r"<\s*3600\b", r["expr"]) for r in by_metric["relay_checkpoint_ttl_margin_seconds"])
     assert any(">" in r["expr"] for r in by_metric["relay_dlq_oldest_pending_age_seconds"])
     assert any('status="failed"' in r["expr"] and "> 0" in r["expr"] for r in by_metric["relay_dlq_dead_letters"])
+    # Slots: some without an owner for minutes (owned summed against the total, per group),
+    # rebalance storms, expelled replicas and fence events.
+    unowned = [r for r in by_metric["relay_slots_owned"] if "relay_slots_total" in promql_metric_names(r["expr"])
+               and re.search(r"max by \(job, namespace\) \(relay_slots_total\)\s*-\s*"
+                             r"sum by \(job, namespace\) \(relay_slots_owned\)\s*>\s*0", r["expr"])]
+    assert unowned and 60 <= parse_duration(unowned[0]["for"]) <= 600
+    assert unowned[0]["labels"]["severity"] == "critical"
+    assert any("rate(" in r["expr"] and r.get("for") for r in by_metric["relay_rebalances_total"])
+    assert any("increase(" in r["expr"] for r in by_metric["relay_slots_lost_total"])
+    assert any("increase(" in r["expr"] for r in by_metric["relay_fence_events_total"])
     for r in rules:
         assert r["labels"]["severity"] in ("critical", "warning") and r["annotations"]["summary"]
+
+
+def promtool() -> str | None:
+    return os.environ.get("PROMTOOL") or shutil.which("promtool")
+
+
+def test_alert_rules_pass_promtool():
+    """`promtool check rules` and the unit tests in alerts_test.yml (slot alerts fire on the
+    scenarios they are for, and not on a takeover or a rollout). promtool is Prometheus's own
+    checker; Debian's `prometheus` package ships it."""
+    tool = promtool()
+    if not tool:
+        pytest.skip("promtool not installed (PATH or $PROMTOOL)")
+    tests = load_yaml(ALERTS_TEST_YML)
+    assert tests["rule_files"] == [ALERTS_YML.name]
+    tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
+    slot_metrics = {"relay_slots_owned", "relay_slots_total", "relay_rebalances_total", "relay_slots_lost_total",
+                    "relay_fence_events_total"}
+    slot_alerts = {r["alert"] for g in load_yaml(ALERTS_YML)["groups"] for r in g["rules"]
+                   if promql_metric_names(r["expr"]) & slot_metrics}
+    assert slot_alerts and slot_alerts <= tested
+    for args in (["check", "rules", ALERTS_YML.name], ["test", "rules", ALERTS_TEST_YML.name]):
+        run = subprocess.run([tool, *args], cwd=ALERTS_YML.parent, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dashboard_queries_parse_with_promtool(tmp_path):
+    """Every dashboard query, Grafana's variables filled in, is valid PromQL: promtool parses
+    them as recording rules."""
+    tool = promtool()
+    if not tool:
+        pytest.skip("promtool not installed (PATH or $PROMTOOL)")
+    dash = json.loads(DASHBOARD_JSON.read_text())
+    exprs = [e for where, e in dashboard_exprs(dash) if where.startswith("panel")]
+    filled = [e.replace("$__rate_interval", "1m").replace("$table", ".*") for e in exprs]
+    assert not [e for e in filled if "$" in e]
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e}
+                                                        for i, e in enumerate(filled)]}]}
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    run = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 # --------------------------------------------------------------------------- kubernetes
@@ -714,30 +813,154 @@ def test_k8s_ports_probes_and_shutdown_agree(tmp_path):
     dep, c = k8s_container()
     cfg = k8s_config(tmp_path, k8s_env(c))
     spec = dep["spec"]["template"]["spec"]
-    assert dep["spec"]["replicas"] == 2
+    # Three members: a kill or a drain leaves two to take over its slots.
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["replicas"] <= cfg.leases.slots
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["metrics"] == cfg.metrics.port
 
     def resolve(port):
         return ports[port] if isinstance(port, str) else port
 
+    served = http_paths(HTTPSERVER_PY.read_text())
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if probe in c:
             assert resolve(c[probe]["httpGet"]["port"]) == cfg.metrics.port, probe
+            assert c[probe]["httpGet"]["path"] in served, f"{probe}: relay/httpserver.py does not serve it"
     annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
     if "prometheus.io/port" in annotations:
         assert int(annotations["prometheus.io/port"]) == cfg.metrics.port
-    assert spec["terminationGracePeriodSeconds"] > cfg.relay.shutdown_timeout_seconds
+        assert annotations.get("prometheus.io/path", "/metrics") in served
+    # The drain (bounded by shutdown_timeout_seconds) and leaving the group end before SIGKILL.
+    assert spec["terminationGracePeriodSeconds"] >= cfg.relay.shutdown_timeout_seconds + 10
     assert c["resources"]["requests"] and c["resources"]["limits"]
     svc = k8s_doc("service.yaml", "Service")
     assert [resolve(p["targetPort"]) for p in svc["spec"]["ports"]] == [cfg.metrics.port]
+    # Draining and not-yet-assigned pods are not ready, and their metrics matter most then.
+    assert svc["spec"].get("publishNotReadyAddresses") is True
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     pdb = k8s_doc("pdb.yaml", "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # One member in motion at a time, and the other two keep serving.
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_leases_fit_the_broker_and_the_replicas(tmp_path):
+    dep, c = k8s_container()
+    cfg = k8s_config(tmp_path, k8s_env(c))
+    low, high = BROKER_SESSION_TIMEOUT_RANGE_S
+    assert low <= cfg.leases.duration_seconds <= high
+    # Kafka's rule of thumb: at least three heartbeats per session.
+    assert cfg.leases.renew_seconds * 3 <= cfg.leases.duration_seconds
+    assert cfg.leases.static_membership is False, "the Deployment's pod names change on every restart"
+
+
+def test_k8s_statefulset_is_the_deployment_with_static_membership(tmp_path):
+    dep, _ = k8s_container()
+    sts = k8s_doc("statefulset/statefulset.yaml", "StatefulSet")
+    assert sts["metadata"]["name"] == dep["metadata"]["name"]
+    assert sts["spec"]["replicas"] == dep["spec"]["replicas"]
+    assert sts["spec"]["selector"] == dep["spec"]["selector"]
+    # Same pod, except the variables that turn static membership on.
+    sts_pod, dep_pod = sts["spec"]["template"], dep["spec"]["template"]
+    sts_c = next(c for c in sts_pod["spec"]["containers"] if c["name"] == "relay")
+    dep_c = next(c for c in dep_pod["spec"]["containers"] if c["name"] == "relay")
+    extra = [e for e in sts_c["env"] if e not in dep_c["env"]]
+    assert [e for e in sts_c["env"] if e not in extra] == dep_c["env"]
+    assert {e["name"] for e in extra} == {"RELAY_LEASES__STATIC_MEMBERSHIP", "RELAY_LEASES__DURATION_SECONDS"}
+
+    def without_env(pod: dict) -> dict:
+        pod = json.loads(json.dumps(pod))
+        for cont in pod["spec"]["containers"]:
+            cont.pop("env", None)
+        return pod
+
+    assert without_env(sts_pod) == without_env(dep_pod)
+    env = k8s_env(sts_c)
+    assert [p for p in (env_var_problem(v) for v in env) if p] == []
+    cfg = k8s_config(tmp_path, env)
+    assert cfg.leases.static_membership is True
+    # group.instance.id = replica id = the pod name, which the StatefulSet keeps stable.
+    replica = next(e for e in sts_c["env"] if e["name"] == "RELAY_RELAY__REPLICA_ID")
+    assert replica["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    low, high = BROKER_SESSION_TIMEOUT_RANGE_S
+    assert low <= cfg.leases.duration_seconds <= high
+    assert cfg.leases.renew_seconds * 3 <= cfg.leases.duration_seconds
+    assert sts_pod["spec"]["terminationGracePeriodSeconds"] > cfg.relay.shutdown_timeout_seconds
+    # serviceName names the Service of service.yaml, which selects these pods.
+    svc = k8s_doc("service.yaml", "Service")
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= sts_pod["metadata"]["labels"].items()
+
+
+def test_k8s_servicemonitor_scrapes_the_service():
+    svc = k8s_doc("service.yaml", "Service")
+    sm = k8s_doc("monitoring/servicemonitor.yaml", "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    port_names = {p["name"] for p in svc["spec"]["ports"]}
+    served = http_paths(HTTPSERVER_PY.read_text())
+    assert sm["spec"]["endpoints"]
+    for ep in sm["spec"]["endpoints"]:
+        assert ep["port"] in port_names
+        assert ep.get("path", "/metrics") in served
+    # No other Service under deploy/k8s matches: each pod is scraped once.
+    services = [d for _, d in k8s_resources() if d["kind"] == "Service"]
+    matching = [d for d in services if sm["spec"]["selector"]["matchLabels"].items()
+                <= d["metadata"].get("labels", {}).items()]
+    assert len(matching) == 1
+
+
+def test_k8s_hpa_scales_the_deployment_on_an_adapter_metric(tmp_path):
+    dep, c = k8s_container()
+    cfg = k8s_config(tmp_path, k8s_env(c))
+    hpa = k8s_doc("autoscaling/hpa.yaml", "HorizontalPodAutoscaler")
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (dep["apiVersion"], dep["kind"], dep["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= dep["spec"]["replicas"]
+    # Replicas beyond the slots would own nothing.
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= cfg.leases.slots
+    # Each scale step is a rebalance: scale-down waits long.
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    values = load_yaml(K8S / "autoscaling" / "prometheus-adapter-values.yaml")
+    served = {r["name"]["as"]: r for r in values["rules"]["custom"]}
+    for m in hpa["spec"]["metrics"]:
+        assert m["type"] == "Pods"
+        name = m["pods"]["metric"]["name"]
+        assert name in served, f"prometheus-adapter-values.yaml serves no {name}"
+        rule = served[name]
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+        assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+        series = promql_metric_names(rule["seriesQuery"])
+        assert metric_problems("adapter seriesQuery", rule["seriesQuery"]) == []
+        assert all(METRICS[n] == "gauge" for n in series), "average over pods needs a gauge"
+        assert re.fullmatch(rule["name"]["matches"], next(iter(series)))
+        assert "<<.Series>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"]
+
+
+def test_k8s_manifests_match_the_kubernetes_schemas():
+    """Every object under deploy/k8s against the OpenAPI schemas of K8S_VERSION, unknown fields
+    refused; the Prometheus Operator's CRDs are not in them (checked above by hand)."""
+    import kubernetes_validate  # a dev dependency: its wheel carries the schemas, no download
+
+    resources = k8s_resources()
+    kinds = {d["kind"] for _, d in resources}
+    assert {"ConfigMap", "Deployment", "StatefulSet", "Service", "PodDisruptionBudget",
+            "HorizontalPodAutoscaler", "ServiceMonitor"} <= kinds
+    problems = []
+    for path, doc in resources:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{path}: {doc['kind']}: {exc.message} at {list(exc.path)}")
+    assert problems == []
 
 
 def test_k8s_command_is_a_relay_command():
@@ -815,4 +1038,6 @@ def test_checks_catch_mistakes(tmp_path):
     # Dockerfile parsing follows the last stage
     assert dockerfile_instructions("FROM a\nEXPOSE 1\nFROM b\nEXPOSE 2\n") == [("FROM", "b"), ("EXPOSE", "2")]
     assert parse_duration("1m30s") == 90
+    # HTTP paths: only comparisons with `path`, not other strings of the server
+    assert http_paths('if path == "/ready":\n elif path=="/live":\n x = "/status"') == {"/ready", "/live"}
     assert compose_interpolate("s/$${keyspace}/ ${A:-x} $B", {"B": "b"}) == "s/${keyspace}/ x b"
