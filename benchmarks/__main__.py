@@ -22,7 +22,7 @@ from benchmarks import common
 from benchmarks.common import Stack, log
 
 # live = idle + latency (one relay process); --skip idle or latency drops one half of it.
-STEPS = ("raw-read", "raw-produce", "relay", "what-if", "naive", "idle", "latency", "live", "discovery",
+STEPS = ("raw-read", "raw-produce", "relay", "what-if", "naive", "idle", "latency", "live", "replicas", "discovery",
          "supervisor-loop")
 # The live run's relay settings in a smoke run (a full run uses relay's defaults): small windows keep it short.
 SMOKE_LIVE_SETTINGS = "window_seconds=1,confidence_seconds=2,poll_interval_seconds=0.1"
@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             r = step("live", lambda: run_live(args, results, bl, stack, workdir, run_id))
             if r:
                 results["live"] = r
+        if "replicas" not in args.skip and not args.smoke:
+            r = step("replicas", lambda: run_replicas(stack, workdir, bl))
+            if r:
+                results["replicas"] = r
         if "discovery" not in args.skip:
             from benchmarks import discovery
 
@@ -219,6 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         log("some run did not deliver every event exactly once: see the tables")
         return 1
     return 0
+
+
+def run_replicas(stack: Stack, workdir: Path, bl) -> dict:
+    """Issue 10's figures on the same backlog: drained by 1 replica then by 3 (1 worker each, fresh
+    keyspace, topic and dedup prefix each), and a live group of 3 on a table of its own: takeover
+    after SIGKILL, a 4th joining, graceful leave (benchmarks.replicas)."""
+    from benchmarks import replicas
+
+    out: dict = {"slots": replicas.SLOTS, "broker_initial_rebalance_delay_ms": replicas._initial_delay()}
+    out["drain"] = [replicas.drain(stack, workdir, bl, n) for n in (1, 3)]
+    one, three = out["drain"]
+    out["cpu_per_event_ratio_3_vs_1"] = round(three["cpu_us_per_event"] / one["cpu_us_per_event"], 2)
+    out["live"] = replicas.live(stack, workdir, bl)
+    return out
 
 
 def _best_workers(results: dict) -> int | None:

@@ -10,7 +10,8 @@
   others own every slot (takeover, bounded by the session timeout); a 4th joins → balanced again;
   SIGTERM of one → the others own every slot (graceful leave: LeaveGroup after the drain).
 
-Not part of `make bench` (yet): its own JSON, and a summary on stdout. The local stack's Kafka sets
+`make bench` runs both on the run's backlog (section "Replicas sharing slots" of latest.md); run alone,
+this module writes its own JSON and a summary on stdout. The local stack's Kafka sets
 group.initial.rebalance.delay.ms = 0; a broker with the default (3 s) delays the first member of an
 empty group by that much (reported as `broker_initial_rebalance_delay_ms`).
 """

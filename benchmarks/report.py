@@ -184,6 +184,40 @@ def targets_md(s: dict) -> list[str]:
     return lines
 
 
+def replicas_md(d: dict) -> list[str]:
+    rep = d.get("replicas")
+    if not rep:
+        return []
+    one, three = rep["drain"]
+    lv = rep.get("live", {})
+    delay = rep.get("broker_initial_rebalance_delay_ms")
+    lines = ["## Replicas sharing slots (issue 10)", "",
+             f"The backlog drained by 1 replica, then by 3 (`relay run` each, 1 worker, {rep['slots']} slots, default "
+             "`[leases]`), and a live group of 3 on an idle table (default settings): SIGKILL of one replica's "
+             "process group, a 4th joining, SIGTERM of one. Times are until the remaining replicas own every slot "
+             "(read from their /status).", "",
+             "| figure | value | target |", "|---|---:|---|",
+             f"| drain, 1 replica | {_fmt(one['events_per_s'])} events/s, {_fmt(one['cpu_us_per_event'], 1)} µs/event, "
+             f"{one['delivered']['distinct_ids']:,} ids, {one['delivered']['duplicates']} dup | |",
+             f"| drain, 3 replicas | {_fmt(three['events_per_s'])} events/s, "
+             f"{_fmt(three['cpu_us_per_event'], 1)} µs/event, {three['delivered']['distinct_ids']:,} ids, "
+             f"{three['delivered']['duplicates']} dup | |",
+             f"| CPU per event, 3 replicas / 1 | **{_fmt(rep['cpu_per_event_ratio_3_vs_1'], 2)}×** | ≤ 1.1× |",
+             f"| takeover after SIGKILL | **{_fmt(lv.get('takeover_after_sigkill_s'), 1)} s** "
+             "| ≤ duration + 5 s = 15 s |",
+             "| graceful leave (SIGTERM) until peers own its slots | "
+             f"**{_fmt(lv.get('takeover_after_sigterm_s'), 1)} s** (includes its drain) "
+             "| ≤ 2 s after its final checkpoint |",
+             f"| a 4th joins: until balanced (max − min ≤ 1) | **{_fmt(lv.get('join_to_balanced_s'), 1)} s** "
+             "| report |",
+             f"| start: first replica ready / three balanced | {_fmt(lv.get('first_ready_s'), 1)} s / "
+             f"{_fmt(lv.get('three_balanced_s'), 1)} s | |", ""]
+    if delay is not None:
+        lines += [f"The stack's broker sets `group.initial.rebalance.delay.ms` = {delay}; a broker with Kafka's "
+                  "default (3,000 ms) delays the first member of an empty group by that much.", ""]
+    return lines
+
+
 def live_md(d: dict) -> list[str]:
     live = d.get("live")
     if not live:
@@ -386,6 +420,7 @@ def markdown(s: dict) -> str:
                   "| " + " | ".join(st) + " |", "|" + "---:|" * len(st),
                   "| " + " | ".join(f"{v:.1f}" for v in st.values()) + " |", ""]
     lines += live_md(d)
+    lines += replicas_md(d)
     lines += supervisor_md(d)
     disc = d.get("discovery")
     if disc:
