@@ -66,6 +66,7 @@ class Worker:
         self._next_skew = 0.0
         self.dlq_failing = ""
         self.routers: dict[str, object] = {}
+        self._gauged_tables: set[str] = set()  # tables whose lag gauges this worker has set
         self.fence = Fence()  # self-fencing (DESIGN §5b): the supervisor's Lease messages move its deadline
 
     # ---------------------------------------------------------------- boot
@@ -288,6 +289,14 @@ class Worker:
             if ttl > 0 and not s.finished:
                 m = (s.position_us - (t - ttl * 1_000_000)) / 1e6
                 margin[table] = min(margin.get(table, m), m)
+        # A table this worker no longer has tasks of (they moved to another worker or replica) reads as
+        # no lag and a full TTL margin here, not as the last value: gauges keep it otherwise, and the
+        # lag alert and autoscaling would see lag nobody has.
+        for table in self._gauged_tables - lag.keys():
+            self.metrics.task_lag.labels(table).set(0.0)
+            if self.ttl_of(table) > 0:
+                self.metrics.ttl_margin.labels(table).set(float(self.ttl_of(table)))
+        self._gauged_tables = set(lag)
         for table, value in lag.items():
             self.metrics.task_lag.labels(table).set(value)
         now = time.monotonic()
