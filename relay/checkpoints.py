@@ -29,20 +29,30 @@ class CheckpointStore:
 
     def save_many(self, rows: list[tuple[Task, int]]) -> None:
         """Positions of many tasks: one unlogged batch per (table, generation) partition (all rows of a
-        batch share it, so Scylla applies it on one replica set without a batch log)."""
+        batch share it, so Scylla applies it on one replica set without a batch log). The batches are
+        sent at once and awaited together: the worker's loop waits one round trip, not one per batch."""
         from cassandra.query import BatchStatement, BatchType
 
         by_part: dict[tuple[str, int], list[tuple[Task, int]]] = {}
         for task, position in rows:
             by_part.setdefault((task.table, task.generation_us), []).append((task, position))
         now = datetime.now(UTC)
+        futures = []
         for (table, gen), part in by_part.items():
             when = as_datetime(gen)
             for i in range(0, len(part), BATCH_ROWS):
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
                 for task, position in part[i:i + BATCH_ROWS]:
                     batch.add(self._save, (position_uuid(position), self.owner, now, table, when, task.task_id))
-                self.session.execute(batch)
+                futures.append(self.session.execute_async(batch))
+        errors = []
+        for f in futures:  # every batch is awaited, so none is still on the wire when this raises
+            try:
+                f.result()
+            except Exception as exc:  # noqa: BLE001 - the first error is raised below, after the others
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def load_full(self, table: str, generation_us: int) -> list[tuple[int, int, str, datetime]]:
         """(task id, position µs, owner, updated_at) for one generation of one table."""
