@@ -114,9 +114,14 @@ class DlqMonitor:
         stats = dlq_stats(self.session, self.cfg.scylla.relay_keyspace, [t.name for t in self.cfg.tables],
                           STATS_DAYS)
         keys = set()
+        pending = dict.fromkeys((t.name for t in self.cfg.tables), 0)
         for (table, status, cls), n in stats.counts.items():
             self.metrics.letters.labels(table, status, cls).set(n)
             keys.add((table, status, cls))
+            if status == "pending":
+                pending[table] = pending.get(table, 0) + n
+        for table, n in pending.items():
+            self.metrics.pending.labels(table).set(n)
         for gone in self._gauge_keys - keys:
             self.metrics.letters.labels(*gone).set(0)
         self._gauge_keys = keys

@@ -109,7 +109,7 @@ class LogReplayer:
             table = dataclasses.replace(table, topic=sel.topic)
         mapper = Mapper(table)
         reader = LogReader(self.session, table.name, self.cfg.scylla.bypass_cache, self.cfg.scylla.fetch_size,
-                           self.cfg.scylla.max_in_keys, columns=getattr(mapper, "columns", None))
+                           self.cfg.scylla.max_in_keys, columns=mapper.columns)
         out = ReplaySummary(run_id or uuid.uuid4().hex)
         published: set[bytes] = set()
         gens = [g for g in Discovery(self.session, self.cfg).generations(table)
@@ -122,8 +122,8 @@ class LogReplayer:
                     batch: list[OutboxEvent] = []
                     for task in tasks:
                         skipped: dict[str, int] = {}
-                        changes = list(reader.read(task.streams, a, b))
-                        events, poisons = mapper.map_changes(changes, skipped)
+                        # As a worker maps a window: rows straight from the reader's pages.
+                        events, poisons = mapper.map_pages(reader.read_pages(task.streams, a, b), skipped)
                         out.read += len(events) + len(poisons)
                         out.poison += sum(1 for p in poisons if sel.wants(p.event))
                         batch += [e for e in events if sel.wants(e)]

@@ -125,7 +125,7 @@ class Dedup:
                     calls.append((keys, blobs))
                     keys, blobs, size = [], [], 0
                 keys.append(key)
-                blobs.append(b"".join([e.dedup_digest or digest(e) for e in piece]))  # mark reuses split's
+                blobs.append(b"".join([digest(e) for e in piece]))
                 size += len(piece)
                 ordered.extend(piece)
         calls.append((keys, blobs))

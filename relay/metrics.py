@@ -95,8 +95,6 @@ class SupervisorMetrics:
         self.generations_disappeared = Counter("relay_generations_disappeared_total",
                                                "Generations seen earlier and now missing from the CDC metadata",
                                                ["table"], registry=None)
-        self.dlq_pending = Gauge("relay_dlq_pending", "Dead letters with status pending (last 7 days)",
-                                 ["table"], multiprocess_mode="livemax", registry=None)
         # Leases (DESIGN §5b)
         self.slots_owned = Gauge("relay_slots_owned", "Lease slots this replica owns", multiprocess_mode="livemax",
                                  registry=None)
@@ -116,6 +114,8 @@ class DlqMetrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge
 
+        self.pending = Gauge("relay_dlq_pending", "Dead letters with status pending (last 7 days)",
+                             ["table"], multiprocess_mode="livemax", registry=None)
         self.letters = Gauge("relay_dlq_dead_letters", "Dead letters of the last 7 days by status and error class",
                              ["table", "status", "error_class"], multiprocess_mode="livemax", registry=None)
         self.oldest_pending_age = Gauge("relay_dlq_oldest_pending_age_seconds",

@@ -114,7 +114,6 @@ class Supervisor:
         self._next_checkpoints = 0.0
         self._assigned_keys: set[tuple] = set()
         self._expired_warned: set[tuple] = set()
-        self._next_dlq = 0.0
         self._next_status = 0.0
         self._tasks_cache: dict[tuple, list[Task]] = {}
         self._complete: set[tuple] = set()  # generations known complete: that never changes back
@@ -198,7 +197,6 @@ class Supervisor:
                     self.step_assign()
                     self.step_reap()
                     self.step_heartbeats()
-                    self.step_dlq_gauge()
                     if self.boot_error:
                         log.error("a worker cannot start: %s; stopping relay", self.boot_error)
                         self.exit_code = 2
@@ -686,21 +684,6 @@ class Supervisor:
                 proc.kill()
         alive = sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
         self.metrics.workers_alive.set(alive)
-
-    def step_dlq_gauge(self) -> None:
-        """relay_dlq_pending per table, from the last 7 days of dead letters (every 30 s)."""
-        now = time.monotonic()
-        if now < self._next_dlq:
-            return
-        self._next_dlq = now + 30.0
-        from relay.deadletters import count_pending
-
-        try:
-            for t in self.cfg.tables:
-                pending = count_pending(self.session, self.cfg.scylla.relay_keyspace, t.name)
-                self.metrics.dlq_pending.labels(t.name).set(pending)
-        except Exception as exc:  # noqa: BLE001 - a gauge must not stop the supervisor
-            log.warning("counting dead letters failed: %s", exc)
 
     def step_status(self) -> None:
         """The summary every 0.5 s (O(workers + generations)); the task list only when /status asks."""

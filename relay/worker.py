@@ -106,7 +106,7 @@ class Worker:
                                        t.name.split(".", 1)[1] + "_scylla_cdc_log") for t in cfg.tables}
         self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size,
                                           cfg.scylla.max_in_keys, router=self.routers[t.name],
-                                          columns=getattr(self.mappers[t.name], "columns", None))
+                                          columns=self.mappers[t.name].columns)
                         for t in cfg.tables}
         self.dedup = Dedup(connect.redis_client(cfg), cfg.redis.key_prefix, cfg.redis.dedup_ttl_seconds,
                            cfg.redis.on_outage)
@@ -456,7 +456,8 @@ class Worker:
         else:
             sch.done(read, events, now_us())
 
-    def _read(self, read: Read, pending) -> list:
+    def _read(self, read: Read, pending) -> tuple[list, int]:
+        """The read's pages, and how many rows they hold."""
         from relay.retry import cql_errors
 
         first = [pending]  # the read sent ahead serves the first attempt only
@@ -470,7 +471,7 @@ class Worker:
                 rows += len(page[1])
                 if rows > MAX_READ_ROWS:
                     raise ReadTooLarge(f"more than {MAX_READ_ROWS} rows")
-            return pages
+            return pages, rows
 
         return self.retrier.call("cql_read", cql_errors(), attempt)
 
@@ -487,9 +488,8 @@ class Worker:
         counts: dict[tuple, int] = {}
         skipped: dict[str, int] = {}
         t0 = time.monotonic()
-        pages = self._read(read, pending)
+        pages, rows = self._read(read, pending)
         m.cql_read.labels(table).observe(time.monotonic() - t0)
-        rows = sum(len(page) for _, page in pages)
         if not rows:
             return counts  # an empty window touches neither Redis nor Kafka
         events, poisons = self.mappers[table].map_pages(pages, skipped)

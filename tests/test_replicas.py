@@ -100,6 +100,14 @@ def settled(replicas, timeout: float = 120) -> dict[str, list[int]]:
     return found[0]
 
 
+def two_sharing(relay_process, config):
+    """Replicas a and b, balanced, b publishing its share."""
+    a, b = start(relay_process, config, "a"), start(relay_process, config, "b")
+    wait_for(lambda: balanced([a, b]), 120, "two replicas sharing the slots")
+    b.wait_until(lambda: b.metric("relay_events_published_total") > 0, 120, "b publishing")
+    return a, b
+
+
 def drained(relay, outbox: Outbox, kafka: str, keyspace: str, timeout: float = 180) -> None:
     expected = outbox.expected_ids()
     relay.wait_until(lambda: expected <= set(consume_all(kafka, [topic_of(keyspace)], timeout=30).ids), timeout,
@@ -169,9 +177,7 @@ def test_sigterm_hands_the_slots_over_without_duplicates(big_outbox, relay_confi
     writer = Writer(big_outbox, per_round=20, aggregates=40)
     writer.start()
     try:
-        a, b = start(relay_process, config, "a"), start(relay_process, config, "b")
-        wait_for(lambda: balanced([a, b]), 120, "two replicas sharing the slots")
-        b.wait_until(lambda: b.metric("relay_events_published_total") > 0, 120, "b publishing")
+        a, b = two_sharing(relay_process, config)
         left_at = time.monotonic()
         b.signal(signal.SIGTERM)
         assert b.wait(60) == 0, b.output()[-3000:]
@@ -197,9 +203,7 @@ def test_frozen_replica_fences_itself_then_rejoins(big_outbox, relay_config, rel
     writer = Writer(big_outbox, per_round=20, aggregates=40)
     writer.start()
     try:
-        a, b = start(relay_process, config, "a"), start(relay_process, config, "b")
-        wait_for(lambda: balanced([a, b]), 120, "two replicas sharing the slots")
-        b.wait_until(lambda: b.metric("relay_events_published_total") > 0, 120, "b publishing")
+        a, b = two_sharing(relay_process, config)
         freeze = os.kill if frozen == "supervisor" else os.killpg  # supervisor alone: its workers keep reading
         freeze(b.pid, signal.SIGSTOP)
         try:
