@@ -147,7 +147,6 @@ def _loop_once(sup) -> None:
     sup.step_assign()
     sup.step_reap()
     sup.step_heartbeats()
-    sup.step_dlq_gauge()
 
 
 def _owners(sup) -> dict[tuple, int]:

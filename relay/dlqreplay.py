@@ -216,14 +216,15 @@ class Replayer:
             return out
         marks, dedup = self._marks()
         # Acknowledged by Kafka in an earlier run whose Scylla update never happened: no second copy.
-        acked_before = {id(e) for e in marks.split([d.to_event() for d in p.todo])[1]} if p.todo else set()
-        events = {id(d): d.to_event() for d in p.todo}
-        done_before = [d for d in p.todo if id(events[id(d)]) in acked_before]
+        # The events stay referenced while their ids are compared: a freed object's id is reused.
+        events = [d.to_event() for d in p.todo]
+        acked_before = {id(e) for e in marks.split(events)[1]}
+        done_before = [d for d, e in zip(p.todo, events, strict=True) if id(e) in acked_before]
         self.store.set_status_many(done_before, "replayed", "published by an earlier run (its Kafka ack was recorded)")
         out.already += len(done_before)
         out.matched -= len(done_before)
         self.on_progress(len(done_before))
-        todo = [d for d in p.todo if id(events[id(d)]) not in acked_before]
+        todo = [d for d, e in zip(p.todo, events, strict=True) if id(e) not in acked_before]
         limiter = RateLimit(self.rate, chunk_size(self.rate, WAVE_MAX)) if self.rate else None
         blocked: set[str] = set()
         touched: set[str] = set()

@@ -103,10 +103,13 @@ def test_replay_lifecycle_through_a_real_topic_limit(cql, keyspace, outbox, rela
     # A second run publishes nothing; nor does one after a crash between the ack and the mark.
     code, out = run_json(capsys, "dlq", "replay", *cfg, *table)
     assert code == 0 and out["matched"] == 0 and out["skipped_already_replayed"] == 29, out
-    victim = next(d for d in dry["dead_letters"] if d["event_id"] != discarded["event_id"])
-    cql.execute(f"UPDATE {keyspace}.dead_letters SET status = 'pending' WHERE source_table = %s AND day = %s AND "
-                f"cdc_time = {victim['cdc_time']} AND stream_id = {victim['stream_id']} AND batch_seq_no = %s",
-                (outbox.table, victim["day"], victim["batch_seq_no"]))
+    # Several: the run matched its Redis answers to the dead letters by object identity once,
+    # and lost them when Python reused a freed event's id.
+    victims = [d for d in dry["dead_letters"] if d["event_id"] != discarded["event_id"]][:5]
+    for victim in victims:
+        cql.execute(f"UPDATE {keyspace}.dead_letters SET status = 'pending' WHERE source_table = %s AND day = %s AND "
+                    f"cdc_time = {victim['cdc_time']} AND stream_id = {victim['stream_id']} AND batch_seq_no = %s",
+                    (outbox.table, victim["day"], victim["batch_seq_no"]))
     code, out = run_json(capsys, "dlq", "replay", *cfg, *table)
     assert code == 0 and (out["matched"], out["replayed"], out["skipped_already_replayed"]) == (0, 0, 29), out
     assert len(records(kafka_bootstrap, topic)) == 570 + 29
