@@ -2,10 +2,77 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from relay.config import Config
 from relay.errors import ConfigError, UserError
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """A client built on a thread of its own while the process goes on with its start: connecting
+    is mostly waiting on the network, and imports and other clients can use that time."""
+
+    def __init__(self, build: Callable[[], T], name: str) -> None:
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(build,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, build: Callable[[], T]) -> None:
+        try:
+            self._result = build()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the client
+            self._error = exc
+
+    def failed(self) -> BaseException | None:
+        """The error the build ended with, without waiting (None while it runs or after it succeeded)."""
+        return None if self._thread.is_alive() else self._error
+
+    def get(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+    def discard(self, close: Callable[[T], None]) -> None:
+        """Give up on the client: closed now if it was built, or as soon as its build ends."""
+        def later() -> None:
+            self._thread.join()
+            if self._error is None and self._result is not None:
+                close(self._result)
+        if self._thread.is_alive():
+            threading.Thread(target=later, name="discard", daemon=True).start()
+        else:
+            later()
+
+
+def without_numpy() -> None:
+    """For relay's own long-running processes (`relay run` and its workers), before the driver is
+    imported: the driver imports numpy whenever it is installed, for a row parser relay never asks
+    for. Where numpy is installed (development and benchmark environments, not relay's image) that
+    is ~0.15 s of CPU and ~15 MB per process; relay's processes do without it."""
+    import sys
+
+    if "numpy" not in sys.modules:
+        sys.modules["numpy"] = None  # type: ignore[assignment]  # `import numpy` raises ImportError
+
+
+def import_cql_driver(hot_path: bool = False) -> None:
+    """The driver's modules, imported before `cql_session` runs on a thread beside other imports:
+    two threads importing modules that import each other can see one half-initialized."""
+    import cassandra.auth  # noqa: F401
+    import cassandra.cluster  # noqa: F401
+    import cassandra.policies  # noqa: F401
+
+    import relay.routing  # noqa: F401
+    if hot_path:
+        import cassandra.io.libevreactor  # noqa: F401
+    else:
+        import cassandra.io.asyncioreactor  # noqa: F401
 
 
 def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = False):

@@ -26,6 +26,9 @@ class Fence:
     def update(self, valid_until: float) -> None:
         self.valid_until = valid_until
 
+    def expired(self) -> bool:
+        return self.clock() >= self.valid_until
+
     def check(self) -> None:
         if self.clock() >= self.valid_until:
             self.refused += 1

@@ -133,10 +133,43 @@ def parse_generation(metadata: bytes) -> int | None:
     return int.from_bytes(metadata[7:11], "little", signed=True)  # written in the host's order (x86: little)
 
 
+class EventQueue:
+    """The lease thread's facts for the supervisor, whose loop they wake: it waits on `fileno()`
+    beside the workers' pipes, so a proof or a revoke is acted on at once, not at its next tick."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+
+    def put(self, event) -> None:
+        self._queue.put(event)
+        try:
+            self._write.send(b"\0")
+        except OSError:  # full (the loop is behind; it is awake anyway) or closed at exit
+            pass
+
+    def get_nowait(self):
+        return self._queue.get_nowait()
+
+    def fileno(self) -> int:
+        return self._read.fileno()
+
+    def clear_wakeups(self) -> None:
+        try:
+            while self._read.recv(4096):
+                pass
+        except OSError:  # nothing left (BlockingIOError)
+            pass
+
+
 class GroupMember:
     """The replica's member of the leases group, on a thread of its own."""
 
-    def __init__(self, cfg: Config, events: queue.SimpleQueue, clock=time.monotonic) -> None:
+    def __init__(self, cfg: Config, events: EventQueue | queue.SimpleQueue, clock=time.monotonic) -> None:
         self.cfg = cfg
         self.events = events
         self.clock = clock

@@ -19,12 +19,14 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from relay.assignment import TablePlans
 from relay.config import Config, parse_start_from
 from relay.discovery import CdcNotEnabled
+from relay.leases import EventQueue
 from relay.messages import Assign, Beat, BootError, Lease, Progress
 from relay.model import Generation, Task
 from relay.ownership import Decision, Ownership
@@ -130,7 +132,7 @@ class Supervisor:
         self._cdc_off_warned: set[str] = set()
         # Leases (DESIGN §5b). Without a group member (the loop's unit tests) every slot is ours.
         self.leases = None  # relay.leases.GroupMember, started by run()
-        self.lease_events: queue.SimpleQueue = queue.SimpleQueue()
+        self.lease_events = EventQueue()
         self.ownership: Ownership | None = None
         self.slot_map = SlotMap(cfg.leases.slots)
         self._run_slots: frozenset[int] | None = None  # the slots whose tasks this replica runs; None: all
@@ -167,16 +169,26 @@ class Supervisor:
         for slot in self.slots:
             self._spawn(slot)
         self.session = None
+        # Scylla and Kafka at once: each connection is mostly a wait on the network.
+        connect.import_cql_driver()
+        cql = connect.Pending(lambda: connect.cql_session(self.cfg), "cql-connect")
         try:
-            self.session = connect.cql_session(self.cfg)
+            self._join_group(cql.failed)
+            # What the first loop steps import, while the connections complete (the first start
+            # and the first Assign wait on them otherwise): the retry library alone is ~0.1 s.
+            import relay.autoreplay  # noqa: F401
+            import relay.positions  # noqa: F401
+            import relay.retry  # noqa: F401
+            import relay.schema  # noqa: F401
+            self.session = cql.get()
             self._require_schema()
             self.discovery = Discovery(self.session, self.cfg)
             self.checkpoints = CheckpointStore(self.session, self.cfg.scylla.relay_keyspace, self.cfg.replica_id)
-            self._join_group()
         except BaseException:
             self._kill_all()
-            if self.session is not None:
-                self.session.cluster.shutdown()
+            if self.leases is not None:
+                self.leases.close()
+            cql.discard(lambda session: session.cluster.shutdown())
             raise
         from relay.autoreplay import DlqMonitor
 
@@ -213,6 +225,7 @@ class Supervisor:
                 self.status_lock.notify_all()
             self._kill_all()
             if self.leases is not None:
+                log.info("workers stopped; leaving the leases group")  # the benchmark times the handover from here
                 self.leases.close()  # LeaveGroup, after the workers' last checkpoints: peers take over now
             self.session.cluster.shutdown()
         return self.exit_code
@@ -222,7 +235,9 @@ class Supervisor:
         monitor = getattr(self, "dlq_monitor", None)
         return monitor.dlq() if monitor is not None else {"stats": None}
 
-    def _join_group(self) -> None:
+    def _join_group(self, other_failed: Callable[[], BaseException | None] = lambda: None) -> None:
+        """`other_failed`: the error of a start-up step running beside this one (Scylla's connection),
+        which ends the wait for Kafka."""
         from relay.leases import GroupMember, KafkaUnreachable, ensure_topic
 
         lz = self.cfg.leases
@@ -231,6 +246,8 @@ class Supervisor:
                 ensure_topic(self.cfg)
                 break
             except KafkaUnreachable as exc:
+                if (error := other_failed()) is not None:
+                    raise error from None
                 log.warning("%s; retrying in 2s", exc)
                 time.sleep(2.0)
                 try:
@@ -598,10 +615,10 @@ class Supervisor:
         from multiprocessing.connection import wait
 
         conns = [s.conn for s in self.slots if s.conn is not None]
-        if not conns:
-            time.sleep(timeout)
-            return
-        for conn in wait(conns, timeout):
+        for conn in wait([*conns, self.lease_events], timeout):
+            if conn is self.lease_events:  # the next step_leases takes the events themselves
+                self.lease_events.clear_wakeups()
+                continue
             slot = next(s for s in self.slots if s.conn is conn)
             try:
                 while conn.poll():

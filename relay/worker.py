@@ -71,6 +71,19 @@ class Worker:
 
     # ---------------------------------------------------------------- boot
     def boot(self) -> None:
+        from relay import connect
+
+        # Scylla's connection is mostly a wait on the network: the imports and the other clients
+        # below take their CPU meanwhile.
+        connect.import_cql_driver(hot_path=True)
+        cql = connect.Pending(lambda: connect.cql_session(self.cfg, hot_path=True), "cql-connect")
+        try:
+            self._boot(cql)
+        except BaseException:
+            cql.discard(lambda session: session.cluster.shutdown())
+            raise
+
+    def _boot(self, cql) -> None:
         import stamina.instrumentation
 
         from relay import connect
@@ -96,22 +109,9 @@ class Worker:
             self.metrics.retries.labels(op).inc()
 
         self.retrier = Retrier(cfg, on_retry=on_retry)
-        self.session = connect.cql_session(cfg, hot_path=True)
-        ks = cfg.scylla.relay_keyspace
-        self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
-        self.parking = Parking(self.session, ks, cfg.dlq.order)
-        self.dead_letters = DeadLetterWriter(self.session, ks, parking=self.parking)
-        self.mappers = {t.name: Mapper(t) for t in cfg.tables}
-        self.routers = {t.name: Router(self.session, t.name.split(".", 1)[0],
-                                       t.name.split(".", 1)[1] + "_scylla_cdc_log") for t in cfg.tables}
-        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size,
-                                          cfg.scylla.max_in_keys, router=self.routers[t.name],
-                                          columns=self.mappers[t.name].columns)
-                        for t in cfg.tables}
         self.dedup = Dedup(connect.redis_client(cfg), cfg.redis.key_prefix, cfg.redis.dedup_ttl_seconds,
                            cfg.redis.on_outage)
         self._unmarked: list[OutboxEvent] = []
-        self._clock_query = self.session.prepare("SELECT toUnixTimestamp(now()) FROM system.local")
 
         def on_state(state: str) -> None:
             self.metrics.breaker_state.labels(str(self.index)).set(BREAKER_STATES.get(state, 0))
@@ -123,6 +123,19 @@ class Worker:
 
         self.publisher = Publisher(cfg, on_acked=self._mark_acked, on_breaker_state=on_state, on_latency=on_latency)
         self.metrics.breaker_state.labels(str(self.index)).set(0)
+        self.mappers = {t.name: Mapper(t) for t in cfg.tables}
+        self.session = cql.get()
+        ks = cfg.scylla.relay_keyspace
+        self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
+        self.parking = Parking(self.session, ks, cfg.dlq.order)
+        self.dead_letters = DeadLetterWriter(self.session, ks, parking=self.parking)
+        self.routers = {t.name: Router(self.session, t.name.split(".", 1)[0],
+                                       t.name.split(".", 1)[1] + "_scylla_cdc_log") for t in cfg.tables}
+        self.readers = {t.name: LogReader(self.session, t.name, cfg.scylla.bypass_cache, cfg.scylla.fetch_size,
+                                          cfg.scylla.max_in_keys, router=self.routers[t.name],
+                                          columns=self.mappers[t.name].columns)
+                        for t in cfg.tables}
+        self._clock_query = self.session.prepare("SELECT toUnixTimestamp(now()) FROM system.local")
         threading.Thread(target=self._beat_forever, name="beat", daemon=True).start()
 
     def tick(self) -> None:
@@ -131,7 +144,9 @@ class Worker:
     def _should_abort(self) -> bool:
         """Asked by the publisher while it waits for delivery reports (an outage may last long)."""
         self.tick()
-        return self.stopping or os.getppid() != self.parent
+        # The fence too: a large read that began just before the lease's deadline stops producing
+        # within a hundred records of it, instead of sending the rest for slots a peer may own now.
+        return self.stopping or os.getppid() != self.parent or self.fence.expired()
 
     def _mark_acked(self, events: list[OutboxEvent]) -> None:
         from relay.dedup import DedupUnavailable
@@ -395,6 +410,13 @@ class Worker:
             log.warning("final checkpoints failed")
 
     # ---------------------------------------------------------------- one read
+    def _fenced(self, read: Read, reason: str) -> None:
+        self.metrics.fence_events.inc()
+        self.paused_until = time.monotonic() + FENCE_PAUSE_S
+        self.schedule.paused_until_us = now_us() + int(FENCE_PAUSE_S * 1_000_000)
+        self.schedule.released(read, now_us(), reason)
+        self._drop_inflight("fenced")
+
     def _process(self, read: Read, pending) -> None:
         """Relay one read, and turn every outcome into a fact for the schedule; never crash."""
         from cassandra import OperationTimedOut, ReadTimeout
@@ -423,13 +445,12 @@ class Worker:
             sch.released(read, now_us(), "kafka breaker open")
             self._drop_inflight("kafka breaker open")
         except PublishAborted:
-            sch.released(read, now_us(), "stopping")  # re-read by whoever runs the tasks next
+            if self.fence.expired() and not self.stopping:
+                self._fenced(read, "lease deadline passed while producing")
+            else:
+                sch.released(read, now_us(), "stopping")  # re-read by whoever runs the tasks next
         except Fenced as exc:  # the lease is not proven: publish nothing, re-read once it is (or by the next owner)
-            self.metrics.fence_events.inc()
-            self.paused_until = time.monotonic() + FENCE_PAUSE_S
-            sch.paused_until_us = now_us() + int(FENCE_PAUSE_S * 1_000_000)
-            sch.released(read, now_us(), str(exc))
-            self._drop_inflight("fenced")
+            self._fenced(read, str(exc))
         except FatalProducerError as exc:
             log.error("worker %d: fatal producer error, rebuilding the producer: %s", self.index, exc)
             self.publisher.rebuild()
@@ -568,6 +589,9 @@ def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None,
     """Entry point of a spawned worker process."""
     import sys
 
+    from relay import connect
+
+    connect.without_numpy()
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     logging.getLogger("cassandra").setLevel(logging.WARNING)
     # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.

@@ -48,9 +48,11 @@ def _supervise(args) -> int:
 
     import logging
 
-    from relay import config
+    from relay import config, connect
     from relay.httpserver import serve
     from relay.supervisor import Supervisor
+
+    connect.without_numpy()
 
     cfg = config.load(args.config)
     if not cfg.tables:
@@ -72,10 +74,9 @@ def _supervise(args) -> int:
     # The bound port, not the configured one: with metrics.port = 0 this line is where it is found.
     logging.getLogger("relay").info("relay %s: %d worker(s), %d table(s); /metrics on %s:%d", cfg.replica_id,
                                     workers, len(cfg.tables), cfg.metrics.host, server.server_address[1])
-    try:
-        return sup.run()
-    finally:
-        server.shutdown()
+    # The server is not shut down: shutdown() waits for serve_forever's next poll (up to 0.5 s) on
+    # every exit, and the process ends right after this; its daemon thread and socket end with it.
+    return sup.run()
 
 
 def _preflight_producer(cfg) -> None:
