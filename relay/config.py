@@ -161,7 +161,7 @@ class LeasesConfig:
     """Slots owned through Kafka's consumer-group coordinator (DESIGN §5b)."""
 
     duration_seconds: float = 10.0  # session.timeout.ms: a dead or frozen replica's slots move after this
-    renew_seconds: float = 3.0  # heartbeat.interval.ms, and how often membership is proven for self-fencing
+    renew_seconds: float = 3.0  # how often membership is proven for self-fencing; heartbeats every min(this, 1 s)
     slots: int = 64  # partitions of the coordination topic; fixed for the life of the relay keyspace
     group_id: str = ""  # default relay.<relay keyspace>
     topic: str = ""  # default relay.slots.<relay keyspace>

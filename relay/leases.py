@@ -28,6 +28,7 @@ from relay.errors import UserError
 log = logging.getLogger("relay.leases")
 
 POLL_S = 0.1
+HEARTBEAT_MAX_S = 1.0
 
 
 # ------------------------------------------------------------------ events for the supervisor
@@ -66,7 +67,9 @@ def consumer_config(cfg: Config, on_commit, on_error) -> dict:
         "client.id": f"relay-{cfg.replica_id}",  # what `relay status` and Kafka's tools show per member
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": int(lz.duration_seconds * 1000),
-        "heartbeat.interval.ms": int(lz.renew_seconds * 1000),
+        # Members learn of a rebalance (a peer left or joined) from their next heartbeat's answer:
+        # at most a second, whatever renew_seconds, so a handover does not wait up to 3 s for it.
+        "heartbeat.interval.ms": int(min(lz.renew_seconds, HEARTBEAT_MAX_S) * 1000),
         # The loop polls every 0.1 s; only a revoke's drain (≤ shutdown_timeout) holds it longer.
         "max.poll.interval.ms": int(max(300.0, 2 * (cfg.relay.shutdown_timeout_seconds + lz.duration_seconds))
                                     * 1000),
