@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import backlog, baselines, report
 
     stack = Stack.from_env()
+    common.precompile_relay()
     run_id = time.strftime("bench_%m%d_%H%M%S")
     workdir = common.WORKDIR / run_id
     workdir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def run_replicas(stack: Stack, workdir: Path, bl) -> dict:
     out: dict = {"slots": replicas.SLOTS, "broker_initial_rebalance_delay_ms": replicas._initial_delay()}
     out["drain"] = [replicas.drain(stack, workdir, bl, n) for n in (1, 3)]
     one, three = out["drain"]
-    out["cpu_per_event_ratio_3_vs_1"] = round(three["cpu_us_per_event"] / one["cpu_us_per_event"], 2)
+    out.update(replicas.ratios(one, three))
     out["live"] = replicas.live(stack, workdir, bl)
     return out
 

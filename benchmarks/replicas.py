@@ -54,11 +54,19 @@ def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
     runs: list = [None] * replicas
     errors: list = []
 
+    boot_cpu: list[float | None] = [None] * replicas  # the replica's CPU when it first answered /ready
+
     def one(i: int) -> None:
-        env = dict(os.environ, RELAY_RELAY__REPLICA_ID=f"{tag}-{i}", RELAY_METRICS__PORT=str(common.free_port()))
+        port = common.free_port()
+        env = dict(os.environ, RELAY_RELAY__REPLICA_ID=f"{tag}-{i}", RELAY_METRICS__PORT=str(port))
+
+        def during(sampler, _proc) -> None:
+            if boot_cpu[i] is None and _ready(port):
+                sampler.sample()
+                boot_cpu[i] = sum(p.cpu_s for p in sampler.procs.values())
         try:
             runs[i] = common.run_and_sample(relay_command(config, 1, backlog.until_us), env=env,
-                                            log_path=workdir / f"relay-{tag}-{i}.log", timeout=3600)
+                                            log_path=workdir / f"relay-{tag}-{i}.log", timeout=3600, during=during)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -77,14 +85,42 @@ def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
         common.remove_metrics_dir(r.sampler.root)
     rep = common.read_topic(stack.kafka, topic)
     cpu = sum(r.cpu_s for r in runs)
+    # Each replica's own start (interpreter, imports, connections, joining the group) is a fixed
+    # cost per process, not a cost of sharing the work: the coordination figure leaves it out.
+    boot = sum(b for b in boot_cpu if b is not None) if None not in boot_cpu else None
     out = {"replicas": replicas, "exit_codes": codes, "wall_s": round(wall, 2),
            "events_per_s": round(backlog.events / wall, 1), "cpu_s": round(cpu, 2),
            "cpu_us_per_event": round(cpu / backlog.events * 1e6, 1),
-           "cpu_s_per_replica": [round(r.cpu_s, 2) for r in runs], "delivered": rep.to_dict(),
-           "complete": rep.distinct_ids == backlog.events}
-    log(f"drain x{replicas}: {out['events_per_s']:,.0f} events/s, {out['cpu_us_per_event']} µs CPU/event, "
-        f"{rep.distinct_ids:,}/{backlog.events:,} delivered, {rep.duplicates} duplicates, exits {codes}")
+           "cpu_s_per_replica": [round(r.cpu_s, 2) for r in runs],
+           "boot_cpu_s_per_replica": [None if b is None else round(b, 2) for b in boot_cpu],
+           "cpu_after_ready_us_per_event": None if boot is None else round((cpu - boot) / backlog.events * 1e6, 1),
+           "delivered": rep.to_dict(), "complete": rep.distinct_ids == backlog.events}
+    log(f"drain x{replicas}: {out['events_per_s']:,.0f} events/s, {out['cpu_us_per_event']} µs CPU/event "
+        f"({out['cpu_after_ready_us_per_event']} after each replica was ready; boot CPU "
+        f"{out['boot_cpu_s_per_replica']} s), {rep.distinct_ids:,}/{backlog.events:,} delivered, "
+        f"{rep.duplicates} duplicates, exits {codes}")
     return out
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:  # not listening yet, or 503 (HTTPError is an OSError)
+        return False
+
+
+LEAVING = "workers stopped; leaving the leases group"  # relay.supervisor logs it before LeaveGroup
+
+
+def _logged_at(path: Path, text: str) -> float | None:
+    """Wall-clock time of the first log line containing `text` (relay's `asctime`, local time, ms)."""
+    from datetime import datetime
+
+    for line in path.read_text(errors="replace").splitlines():
+        if text in line:
+            return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
 
 
 class Replica:
@@ -93,7 +129,8 @@ class Replica:
         env = dict(os.environ, RELAY_RELAY__REPLICA_ID=name, RELAY_METRICS__PORT=str(self.port),
                    PYTHONUNBUFFERED="1")
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.log = open(workdir / f"live-{name}.log", "wb")
+        self.log_path = workdir / f"live-{name}.log"
+        self.log = open(self.log_path, "wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(relay_command(config, 1, None), stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=common.REPO, env=env, start_new_session=True)
@@ -164,13 +201,22 @@ def live(stack: Stack, workdir: Path, backlog) -> dict:
         leaver = reps.pop(0)
         leaver.kill(signal.SIGTERM)
         out["takeover_after_sigterm_s"] = round(_until(lambda: _covers(reps), 120, "takeover after SIGTERM"), 2)
+        covered_at = time.time()
         out["sigterm_exit_code"] = leaver.proc.wait(60)
+        leaving_at = _logged_at(leaver.log_path, LEAVING)
+        out["takeover_after_final_checkpoint_s"] = None if leaving_at is None else round(covered_at - leaving_at, 2)
         leaver.stop()
     finally:
         for r in reps:
             r.stop()
     log("live: " + ", ".join(f"{k} {v}" for k, v in out.items()))
     return out
+
+
+def ratios(one: dict, three: dict) -> dict:
+    after = (one.get("cpu_after_ready_us_per_event"), three.get("cpu_after_ready_us_per_event"))
+    return {"cpu_per_event_ratio_3_vs_1": round(three["cpu_us_per_event"] / one["cpu_us_per_event"], 2),
+            "cpu_after_ready_ratio_3_vs_1": round(after[1] / after[0], 2) if None not in after else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=common.REPO / "benchmarks" / "results" / "replicas.json")
     a = p.parse_args(argv)
     stack = Stack.from_env()
+    common.precompile_relay()
     run_id = f"brep_{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{run_id}-"))
     result: dict = {"run_id": run_id, "events": a.events, "vnodes": a.vnodes, "slots": SLOTS,
@@ -192,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if "drain" not in a.skip:
             result["drain"] = [drain(stack, workdir, backlog, n) for n in (1, 3)]
             one, three = result["drain"]
-            result["cpu_per_event_ratio_3_vs_1"] = round(three["cpu_us_per_event"] / one["cpu_us_per_event"], 2)
+            result.update(ratios(one, three))
         if "live" not in a.skip:
             result["live"] = live(stack, workdir, backlog)
     finally:
