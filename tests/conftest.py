@@ -230,6 +230,14 @@ def outbox(cql, keyspace):
 
 
 @pytest.fixture
+def big_outbox(cql, keyspace):
+    """32 vnodes x 2 shards: enough tasks that every replica of four gets some."""
+    from harness import Outbox
+
+    return Outbox.create(cql, keyspace, vnodes=32)
+
+
+@pytest.fixture
 def relay_config(tmp_path, cql, keyspace):
     """Writes a relay.toml for the test's keyspace (harness.write_config's options) and, unless
     told not to, creates relay's tables as `relay schema apply` does. Returns its path."""

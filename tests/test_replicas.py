@@ -41,12 +41,6 @@ def assert_nothing_lost_first_copies_in_order(outbox, delivered):
     return report
 
 
-@pytest.fixture
-def big_outbox(cql, keyspace):
-    """32 vnodes x 2 shards: enough tasks that every replica of four gets some."""
-    return Outbox.create(cql, keyspace, vnodes=32)
-
-
 def topic_of(keyspace: str) -> str:
     return f"{keyspace}.order"
 
