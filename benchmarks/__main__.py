@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import backlog, baselines, report
 
     stack = Stack.from_env()
+    if args.smoke:
+        os.environ.setdefault("BENCH_QUIET_MAX_WAIT_S", "0")  # the smoke run checks the suite, not figures
     common.precompile_relay()
     run_id = time.strftime("bench_%m%d_%H%M%S")
     workdir = common.WORKDIR / run_id

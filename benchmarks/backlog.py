@@ -122,6 +122,7 @@ def run_relay(stack: Stack, workdir: Path, backlog: Backlog, workers: int, *, va
     common.apply_relay_schema(config)
     common.create_topics(stack.kafka, [topic])
     wait_confidence(backlog, 10.0)
+    services_before = common.wait_quiet(f"relay {tag}")
     r = common.redis_client(stack)
     mem_before = common.redis_used_memory(r)
     env = dict(os.environ, **(extra_env or {}))
@@ -175,6 +176,7 @@ def run_relay(stack: Stack, workdir: Path, backlog: Backlog, workers: int, *, va
         "delivered": topic_rep.to_dict(),
         "complete": topic_rep.distinct_ids == n and topic_rep.duplicates == 0,
         "machine_cpu": run.machine,
+        "services_cores_before": None if services_before is None else round(services_before, 2),
     }
     status = "OK" if out["complete"] else "INCOMPLETE"
     log(f"relay {tag}: {out['events_per_s']:,.0f} events/s over {run.wall_s:.1f}s (publishing "

@@ -39,6 +39,7 @@ def _config(stack, workdir, bl, tag: str):
 
 
 def _child(kind: str, config, bl, workdir, *extra: str) -> dict:
+    common.wait_quiet(kind)
     cmd = [common.python(), "-m", "benchmarks.baselines", kind, "--config", str(config), "--until", str(bl.until_us),
            *extra]
     if os.environ.get("BENCH_PROFILE"):

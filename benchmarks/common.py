@@ -456,6 +456,31 @@ def services_cpu_s() -> float:
     return total
 
 
+QUIET_CORES = 0.3  # the services' CPU below which the machine counts as quiet
+
+
+def wait_quiet(what: str, cores: float = QUIET_CORES, max_wait: float | None = None) -> float | None:
+    """Before a measured run: wait (at most `max_wait`) until the stack's services use less than
+    `cores` over 2 s. After a backlog is written Cassandra compacts for a minute or more; on two
+    cores that work would be counted against whatever runs beside it (its CPU, its caches).
+    Returns the services' cores over the last 2 s (the run reports it), None when skipped:
+    `max_wait` defaults to $BENCH_QUIET_MAX_WAIT_S or 90; 0 skips the wait (the smoke run)."""
+    if max_wait is None:
+        max_wait = float(os.environ.get("BENCH_QUIET_MAX_WAIT_S", "90"))
+    if max_wait <= 0:
+        return None
+    t0 = time.monotonic()
+    while True:
+        before, at = services_cpu_s(), time.monotonic()
+        time.sleep(2.0)
+        used = (services_cpu_s() - before) / (time.monotonic() - at)
+        if used < cores or time.monotonic() - t0 > max_wait:
+            if time.monotonic() - t0 > 3.0:
+                log(f"{what}: waited {time.monotonic() - t0:.0f}s for the services to go quiet "
+                    f"({used:.2f} cores now)")
+            return used
+
+
 @dataclass
 class CpuSnapshot:
     """Where the machine's CPU went between two moments: to detect runs disturbed by other work."""

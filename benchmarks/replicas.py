@@ -51,6 +51,7 @@ def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
     tag = f"x{replicas}"
     config, topic, _ = _config(stack, workdir, backlog, tag)
     wait_confidence(backlog, 10.0)
+    common.wait_quiet(f"drain x{replicas}")
     runs: list = [None] * replicas
     errors: list = []
 
