@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import REPO
 from harness import Outbox, RelayProcess, Writer, assert_delivered_in_order, consume_all, wait_for
-from test_replicas import assert_nothing_lost_first_copies_in_order, balanced, drained, start
+from test_replicas import assert_nothing_lost_first_copies_in_order, balanced, drained, three_publishing
 
 pytestmark = pytest.mark.outage
 
@@ -93,10 +93,7 @@ def test_kafka_down_and_back_while_three_replicas_run(keyspace, config, relay_pr
     writer = Writer(big_outbox, per_round=20, aggregates=40)
     writer.start()
     try:
-        reps = [start(relay_process, cfg, f"k{i}") for i in range(3)]
-        wait_for(lambda: balanced(reps), 120, "three replicas sharing the slots")
-        for r in reps:
-            r.wait_until(lambda r=r: r.metric("relay_events_published_total") > 0, 120, "every replica publishing")
+        reps = three_publishing(relay_process, cfg, "k")
         stack("down", "kafka")
         down_at = time.monotonic()
         for r in reps:

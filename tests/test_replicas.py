@@ -102,6 +102,16 @@ def two_sharing(relay_process, config):
     return a, b
 
 
+def three_publishing(relay_process, config, prefix: str) -> list:
+    """Replicas <prefix>0..2, balanced, each publishing its share of the tasks."""
+    reps = [start(relay_process, config, f"{prefix}{i}") for i in range(3)]
+    wait_for(lambda: balanced(reps), 120, "three replicas owning every slot, balanced")
+    for r in reps:
+        r.wait_until(lambda r=r: r.metric("relay_events_published_total") > 0, 120,
+                     f"{r.env['RELAY_RELAY__REPLICA_ID']} publishing")
+    return reps
+
+
 def drained(relay, outbox: Outbox, kafka: str, keyspace: str, timeout: float = 180) -> None:
     expected = outbox.expected_ids()
     relay.wait_until(lambda: expected <= set(consume_all(kafka, [topic_of(keyspace)], timeout=30).ids), timeout,
@@ -114,12 +124,8 @@ def test_three_replicas_share_then_one_is_killed_and_a_fourth_joins(big_outbox, 
     writer = Writer(big_outbox, per_round=20, aggregates=40)
     writer.start()
     try:
-        reps = [start(relay_process, config, f"r{i}") for i in range(3)]
-        wait_for(lambda: balanced(reps), 120, "three replicas owning every slot, balanced")
-        # each replica publishes (its share of the tasks)
+        reps = three_publishing(relay_process, config, "r")
         for r in reps:
-            r.wait_until(lambda r=r: r.metric("relay_events_published_total") > 0, 120,
-                         f"{r.env['RELAY_RELAY__REPLICA_ID']} publishing")
             assert r.metric("relay_slots_total") == SLOTS
             assert r.get("/ready") == b"ready\n"
         shares = owned(reps)
