@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import REPO
 from harness import Outbox, RelayProcess, Writer, assert_delivered_in_order, consume_all, wait_for
-from test_replicas import assert_nothing_lost_first_copies_in_order, balanced, drained, three_publishing
+from test_replicas import assert_nothing_lost_first_copies_in_order, balanced, drained, three_publishing, writer_for
 
 pytestmark = pytest.mark.outage
 
@@ -90,7 +90,7 @@ def test_kafka_down_and_back_while_three_replicas_run(keyspace, config, relay_pr
     rejoin and share the slots again, and nothing is lost. Records a producer had in flight when the
     broker went away may land late beside the next owner's copies; first deliveries keep their order."""
     cfg = config(workers=1)
-    writer = Writer(big_outbox, per_round=20, aggregates=40)
+    writer = writer_for(big_outbox)
     writer.start()
     try:
         reps = three_publishing(relay_process, cfg, "k")

@@ -102,6 +102,13 @@ def two_sharing(relay_process, config):
     return a, b
 
 
+def writer_for(outbox: Outbox) -> Writer:
+    """~250 events/s, each round over 128 aggregates: every one of big_outbox's 32 vnodes gets events,
+    so each replica's share of the tasks publishes (rounds over 40 aggregates left about 9 vnodes
+    without any, and a replica holding only those never published: a CI failure)."""
+    return Writer(outbox, per_round=128, aggregates=128, pause=0.5)
+
+
 def three_publishing(relay_process, config, prefix: str) -> list:
     """Replicas <prefix>0..2, balanced, each publishing its share of the tasks."""
     reps = [start(relay_process, config, f"{prefix}{i}") for i in range(3)]
@@ -121,7 +128,7 @@ def drained(relay, outbox: Outbox, kafka: str, keyspace: str, timeout: float = 1
 def test_three_replicas_share_then_one_is_killed_and_a_fourth_joins(big_outbox, relay_config, relay_process,
                                                                      keyspace, kafka_bootstrap):
     config = relay_config(workers=1)
-    writer = Writer(big_outbox, per_round=20, aggregates=40)
+    writer = writer_for(big_outbox)
     writer.start()
     try:
         reps = three_publishing(relay_process, config, "r")
@@ -174,7 +181,7 @@ def test_three_replicas_share_then_one_is_killed_and_a_fourth_joins(big_outbox, 
 def test_sigterm_hands_the_slots_over_without_duplicates(big_outbox, relay_config, relay_process, keyspace,
                                                          kafka_bootstrap):
     config = relay_config(workers=1)
-    writer = Writer(big_outbox, per_round=20, aggregates=40)
+    writer = writer_for(big_outbox)
     writer.start()
     try:
         a, b = two_sharing(relay_process, config)
@@ -200,7 +207,7 @@ def test_frozen_replica_fences_itself_then_rejoins(big_outbox, relay_config, rel
     deadline has passed on the workers' own clock). After SIGCONT it learns it lost its slots,
     rejoins, and gets a share back. Kafka holds every event, each aggregate in order."""
     config = relay_config(workers=1)
-    writer = Writer(big_outbox, per_round=20, aggregates=40)
+    writer = writer_for(big_outbox)
     writer.start()
     try:
         a, b = two_sharing(relay_process, config)
@@ -271,7 +278,7 @@ def test_static_membership_restart_gets_the_same_slots_back(big_outbox, relay_co
     within the session timeout takes its own slots back without a rebalance moving them."""
     config = relay_config(workers=1)
     static = {"RELAY_LEASES__STATIC_MEMBERSHIP": "true"}
-    writer = Writer(big_outbox, per_round=20, aggregates=40)
+    writer = writer_for(big_outbox)
     writer.start()
     try:
         a = relay_process(config, env={"RELAY_RELAY__REPLICA_ID": "a", **static})
