@@ -30,6 +30,6 @@ class Fence:
         return self.clock() >= self.valid_until
 
     def check(self) -> None:
-        if self.clock() >= self.valid_until:
+        if self.expired():
             self.refused += 1
             raise Fenced(f"lease not proven (valid until {self.valid_until:.1f}, now {self.clock():.1f})")

@@ -410,10 +410,14 @@ class Worker:
             log.warning("final checkpoints failed")
 
     # ---------------------------------------------------------------- one read
+    def _pause(self, seconds: float) -> None:
+        """No reading for `seconds`: the loop's own clock and the schedule's."""
+        self.paused_until = time.monotonic() + seconds
+        self.schedule.paused_until_us = now_us() + int(seconds * 1_000_000)
+
     def _fenced(self, read: Read, reason: str) -> None:
         self.metrics.fence_events.inc()
-        self.paused_until = time.monotonic() + FENCE_PAUSE_S
-        self.schedule.paused_until_us = now_us() + int(FENCE_PAUSE_S * 1_000_000)
+        self._pause(FENCE_PAUSE_S)
         self.schedule.released(read, now_us(), reason)
         self._drop_inflight("fenced")
 
@@ -439,9 +443,7 @@ class Worker:
             sch.too_big(read, now_us())
         except CircuitBreakerError:
             # An open breaker pauses all reading in this worker until it may half-open.
-            pause = min(self.cfg.breaker.reset_timeout_seconds, 5.0)
-            self.paused_until = time.monotonic() + pause
-            sch.paused_until_us = now_us() + int(pause * 1_000_000)
+            self._pause(min(self.cfg.breaker.reset_timeout_seconds, 5.0))
             sch.released(read, now_us(), "kafka breaker open")
             self._drop_inflight("kafka breaker open")
         except PublishAborted:
