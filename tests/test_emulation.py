@@ -18,6 +18,7 @@ from relay.testing import (
     OP_PARTITION_DELETE,
     OP_ROW_DELETE,
     OP_UPDATE,
+    CdcEmulator,
     CdcWriteRejected,
     Op,
     now_micros,
@@ -192,6 +193,27 @@ def test_insert_log_row_shares_timestamp_and_is_one_group(cql, emulator, keyspac
     assert row.wt == ts
     base_wt = cql.execute(f"SELECT WRITETIME(payload) FROM {outbox} WHERE aggregate_id = 'a'").one()[0]
     assert base_wt == ts
+
+
+def test_unlogged_batches_write_the_same_rows(cql, emulator, keyspace, outbox):
+    """loadgen's emulator skips Cassandra's batchlog; the base and log rows it writes are the same."""
+    fast = CdcEmulator(cql, metadata_keyspace=keyspace, logged=False)
+    fast.load()
+    fast.attach(outbox)
+    ts = now_micros() - 2_000_000
+    for emu, key in ((emulator, "logged"), (fast, "unlogged")):
+        emu.insert(outbox, {"aggregate_id": key, "id": uuid.uuid1(), "aggregate_type": "order",
+                            "event_type": "created", "payload": b"{}", "headers": {"h": "1"}}, timestamp=ts)
+    cols = ('"cdc$operation", "cdc$batch_seq_no", "cdc$end_of_batch", "cdc$time", "cdc$deleted_headers", '
+            "headers, payload, WRITETIME(payload)")
+    # cdc$time: compared by its timestamp (its other bits are random, as Scylla's are)
+    rows = {r.aggregate_id: (*r[1:4], timeuuid.to_micros(r[4]), *r[5:]) for r in cql.execute(
+        f"SELECT aggregate_id, {cols} FROM {keyspace}.outbox_scylla_cdc_log")}
+    assert set(rows) == {"logged", "unlogged"}
+    assert rows["logged"][3] == ts
+    assert rows["unlogged"] == rows["logged"]
+    base = {r.aggregate_id: r[1] for r in cql.execute(f"SELECT aggregate_id, WRITETIME(payload) FROM {outbox}")}
+    assert base == {"logged": ts, "unlogged": ts}
 
 
 def test_group_of_several_rows_ends_with_end_of_batch(cql, emulator, keyspace, outbox):

@@ -250,7 +250,7 @@ def prepare_emulation(session, cfg: Config, table: TableConfig):
 
     s = cfg.scylla
     emu = CdcEmulator(session, s.cdc_metadata_keyspace, s.tablets_metadata_keyspace,
-                      replication=replication_literal(s.relay_replication))
+                      replication=replication_literal(s.relay_replication), logged=False)
     emu.create_metadata_tables()
     if table_metadata(session, table.name) is None:
         for stmt in outbox_statements(cfg, table):

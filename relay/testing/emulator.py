@@ -2,7 +2,7 @@
 
 Given a base table created with plain CQL, `CdcEmulator.enable_cdc` creates
 `<table>_scylla_cdc_log` with Scylla's columns, and every write made through the
-emulator goes, in one logged batch, to the base table and to the log row(s) of the
+emulator goes, in one batch (logged unless asked otherwise), to the base table and to the log row(s) of the
 stream Scylla would choose: the stream of the vnode owning the partition key's token
 (and of the shard owning it) in the generation active at the write's timestamp.
 Generations live in `cdc_generation_timestamps` / `cdc_streams_descriptions_v2` with
@@ -241,8 +241,14 @@ class CdcEmulator:
     """Writes base rows together with Scylla-shaped CDC log rows, through the real driver."""
 
     def __init__(self, session: Session, metadata_keyspace: str, tablets_keyspace: str | None = None,
-                 replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}") -> None:
+                 replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+                 *, logged: bool = True) -> None:
         self.session = session
+        # A group's base and log rows go in one batch. Logged (the default) keeps them all-or-nothing
+        # as Scylla's single mutation does; unlogged skips Cassandra's batchlog, a second copy of every
+        # row that Scylla never writes (and about a third of the write's cost), for writers that
+        # only need load: loadgen.
+        self.batch_type = BatchType.LOGGED if logged else BatchType.UNLOGGED
         self.metadata_keyspace = metadata_keyspace
         self.tablets_keyspace = tablets_keyspace or metadata_keyspace
         self.replication = replication
@@ -568,7 +574,7 @@ class CdcEmulator:
                 raise ValueError("all operations of one CDC group must touch the same partition")
         stream = self.stream_for(qualified, pk, micros)
         cdc_time = timeuuid.from_micros(micros)
-        batch = BatchStatement(BatchType.LOGGED)
+        batch = BatchStatement(self.batch_type)
         for seq, op in enumerate(ops):
             self._add_base(batch, table, op, micros)
             log_values = self._log_values(table, op)
