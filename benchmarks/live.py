@@ -14,7 +14,8 @@ vnodes, 4 shards each; one task per vnode). In that one process, in order:
    (benchmarks.loadproc) writes for `seconds` at that rate, with aggregate_type = the point's
    name, so each point's records land in a topic of their own (created beforehand with
    `message.timestamp.type=LogAppendTime`); then relay has confidence + window + DRAIN_S to
-   publish the rest before the next point starts.
+   publish the rest before the next point starts. A point's rate may be a rule over the points
+   before it (`half_of_achieved`: half of what the writers reached at an earlier point).
 
 Latency of a record = broker append time − its `cdc_time` header (the outbox write's
 timestamp, µs); both clocks are this machine's. An event not delivered by the end counts as
@@ -29,6 +30,7 @@ import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import common, loadproc
@@ -165,11 +167,28 @@ def prepare(stack: Stack, workdir: Path, run_id: str, *, vnodes: int, shards: in
     return config, table, shape
 
 
+# A point's rate: events/s, or a rule computing it from the points measured before it.
+Rate = float | Callable[[dict], float | None]
+
+
+def half_of_achieved(point: str) -> Callable[[dict], float | None]:
+    """Half of the rate the writers reached at an earlier point: where the writers asked for more
+    than this machine can write, a rate it can sustain beside relay (writes cost the database and
+    the emulating writer far more CPU than relay's reads of them)."""
+
+    def rule(measured: dict) -> float | None:
+        done = measured.get(point)
+        achieved = done["load"].achieved_rate if done else None
+        return achieved / 2 if achieved else None
+
+    return rule
+
+
 def run_live(stack: Stack, workdir: Path, run_id: str, *, vnodes: int, shards: int, workers: int | None,
-             idle_seconds: float, points: list[tuple[str, float, int]], seconds: float, aggregates: int,
+             idle_seconds: float, points: list[tuple[str, Rate, int]], seconds: float, aggregates: int,
              payload_bytes: int = 1000, settings: dict | None = None) -> dict:
-    """points: (name, rate events/s, loadgen processes); settings: [relay] overrides (none = relay's
-    defaults). Returns {"shape", "idle", "points": {name: …}, …}."""
+    """points: (name, rate events/s or a rule over the points before it, loadgen processes);
+    settings: [relay] overrides (none = relay's defaults). Returns {"shape", "idle", "points": {name: …}, …}."""
     config, table, shape = prepare(stack, workdir, run_id, vnodes=vnodes, shards=shards,
                                    point_names=[p[0] for p in points], settings=settings)
     shape["settings_overridden"] = dict(settings or {})
@@ -218,7 +237,12 @@ def run_live(stack: Stack, workdir: Path, run_id: str, *, vnodes: int, shards: i
                 i = state["idle"]
                 log(f"live idle: {i['cpu_cores']:.3f} cores, {i['reads_per_s']} reads/s, "
                     f"{i['checkpoints_per_s']} checkpoints/s over {i['seconds']}s")
-            for name, rate, nproc in points:
+            for name, rate_rule, nproc in points:
+                rate = rate_rule(state["points"]) if callable(rate_rule) else rate_rule
+                if rate is None:
+                    log(f"live {name}: skipped (the point it depends on did not tell a rate)")
+                    state.setdefault("skipped", []).append(name)
+                    continue
                 log(f"live {name}: loadgen at {rate:,.0f} events/s for {seconds:.0f}s in {nproc} process(es)")
                 a = meter.take()
                 load = loadproc.run_load(config, table, rate=rate, seconds=seconds, aggregates=aggregates,
@@ -261,6 +285,8 @@ def run_live(stack: Stack, workdir: Path, run_id: str, *, vnodes: int, shards: i
                  "points": {}}
     for name, _rate, _n in points:
         p = state["points"].get(name)
+        if p is None and name in state.get("skipped", ()):
+            continue
         if p is None:
             tail = (workdir / "relay-live.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"relay exited ({run.returncode}) before point {name} ran:\n{tail}")

@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.replicas [--events 20000] [--out benchmarks/results/replicas.json]
 
 - drain: one backlog drained with `--until` by 1 replica, then (fresh relay keyspace, topic and
-  dedup prefix) by 3 replicas at once; CPU per event of all their processes (wait4 rusage), wall
+  dedup prefix) by 3 replicas at once, then by 1 replica of 3 workers (the same parallelism as
+  the 3, without sharing); CPU per event of all their processes (wait4 rusage), wall
   time, and what the topic holds (delivery is judged by reading it back).
 - live: 3 replicas (`relay run`, 1 worker each, default [leases]) on an idle table: time from the
   start to the first /ready and to a balanced group; SIGKILL of one replica's process group → the
@@ -34,24 +35,27 @@ from benchmarks.backlog import relay_command, wait_confidence, write_backlog
 from benchmarks.common import Stack, log
 
 SLOTS = 64
+# (replicas, workers each): 1 replica, 3 replicas, and 1 replica with as many workers as the 3 have.
+DRAINS = ((1, 1), (3, 1), (1, 3))
 
 
-def _config(stack: Stack, workdir: Path, backlog, tag: str, defaults: bool = False) -> tuple[Path, str, str]:
+def _config(stack: Stack, workdir: Path, backlog, tag: str, defaults: bool = False,
+            workers: int = 1) -> tuple[Path, str, str]:
     ks = backlog.keyspace
     topic, prefix = f"{ks}.{tag}.order", f"{ks}:{tag}:"
     config = common.write_config(workdir / f"relay-{tag}.toml", stack, keyspace=ks, relay_keyspace=f"{ks}_{tag}",
                                  tables=[backlog.table], topic=topic, key_prefix=prefix, defaults=defaults,
-                                 relay={"workers": 1})
+                                 relay={"workers": workers})
     common.apply_relay_schema(config)
     common.create_topics(stack.kafka, [topic])
     return config, topic, prefix
 
 
-def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
-    tag = f"x{replicas}"
-    config, topic, _ = _config(stack, workdir, backlog, tag)
+def drain(stack: Stack, workdir: Path, backlog, replicas: int, workers: int = 1) -> dict:
+    tag = f"x{replicas}" if workers == 1 else f"x{replicas}w{workers}"
+    config, topic, _ = _config(stack, workdir, backlog, tag, workers=workers)
     wait_confidence(backlog, 10.0)
-    common.wait_quiet(f"drain x{replicas}")
+    common.wait_quiet(f"drain {tag}")
     runs: list = [None] * replicas
     errors: list = []
 
@@ -66,12 +70,12 @@ def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
                 sampler.sample()
                 boot_cpu[i] = sum(p.cpu_s for p in sampler.procs.values())
         try:
-            runs[i] = common.run_and_sample(relay_command(config, 1, backlog.until_us), env=env,
+            runs[i] = common.run_and_sample(relay_command(config, workers, backlog.until_us), env=env,
                                             log_path=workdir / f"relay-{tag}-{i}.log", timeout=3600, during=during)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    log(f"drain: {backlog.events:,} events by {replicas} replica(s) of 1 worker -> {topic}")
+    log(f"drain: {backlog.events:,} events by {replicas} replica(s) of {workers} worker(s) -> {topic}")
     threads = [threading.Thread(target=one, args=(i,)) for i in range(replicas)]
     t0 = time.monotonic()
     for t in threads:
@@ -89,14 +93,14 @@ def drain(stack: Stack, workdir: Path, backlog, replicas: int) -> dict:
     # Each replica's own start (interpreter, imports, connections, joining the group) is a fixed
     # cost per process, not a cost of sharing the work: the coordination figure leaves it out.
     boot = sum(b for b in boot_cpu if b is not None) if None not in boot_cpu else None
-    out = {"replicas": replicas, "exit_codes": codes, "wall_s": round(wall, 2),
+    out = {"replicas": replicas, "workers": workers, "exit_codes": codes, "wall_s": round(wall, 2),
            "events_per_s": round(backlog.events / wall, 1), "cpu_s": round(cpu, 2),
            "cpu_us_per_event": round(cpu / backlog.events * 1e6, 1),
            "cpu_s_per_replica": [round(r.cpu_s, 2) for r in runs],
            "boot_cpu_s_per_replica": [None if b is None else round(b, 2) for b in boot_cpu],
            "cpu_after_ready_us_per_event": None if boot is None else round((cpu - boot) / backlog.events * 1e6, 1),
            "delivered": rep.to_dict(), "complete": rep.distinct_ids == backlog.events}
-    log(f"drain x{replicas}: {out['events_per_s']:,.0f} events/s, {out['cpu_us_per_event']} µs CPU/event "
+    log(f"drain {tag}: {out['events_per_s']:,.0f} events/s, {out['cpu_us_per_event']} µs CPU/event "
         f"({out['cpu_after_ready_us_per_event']} after each replica was ready; boot CPU "
         f"{out['boot_cpu_s_per_replica']} s), {rep.distinct_ids:,}/{backlog.events:,} delivered, "
         f"{rep.duplicates} duplicates, exits {codes}")
@@ -214,10 +218,18 @@ def live(stack: Stack, workdir: Path, backlog) -> dict:
     return out
 
 
-def ratios(one: dict, three: dict) -> dict:
-    after = (one.get("cpu_after_ready_us_per_event"), three.get("cpu_after_ready_us_per_event"))
+def ratios(one: dict, three: dict, one_x3: dict | None = None) -> dict:
+    """3 replicas of 1 worker against 1 replica of 1 worker, and (one_x3) against 1 replica of 3
+    workers: the same parallelism on the same cores, so what differs is the sharing itself."""
+    def after(run: dict | None) -> float | None:
+        return run.get("cpu_after_ready_us_per_event") if run else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
     return {"cpu_per_event_ratio_3_vs_1": round(three["cpu_us_per_event"] / one["cpu_us_per_event"], 2),
-            "cpu_after_ready_ratio_3_vs_1": round(after[1] / after[0], 2) if None not in after else None}
+            "cpu_after_ready_ratio_3_vs_1": ratio(after(three), after(one)),
+            "cpu_after_ready_ratio_3_vs_1x3": ratio(after(three), after(one_x3))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,9 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         backlog = write_backlog(stack, workdir, run_id, events=a.events, aggregates=a.aggregates, vnodes=a.vnodes,
                                 shards=2)
         if "drain" not in a.skip:
-            result["drain"] = [drain(stack, workdir, backlog, n) for n in (1, 3)]
-            one, three = result["drain"]
-            result.update(ratios(one, three))
+            result["drain"] = [drain(stack, workdir, backlog, n, w) for n, w in DRAINS]
+            result.update(ratios(*result["drain"]))
         if "live" not in a.skip:
             result["live"] = live(stack, workdir, backlog)
     finally:

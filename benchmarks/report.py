@@ -25,6 +25,7 @@ def summary(results: dict) -> dict:
     idle = live.get("idle") or {}
     half = live.get("points", {}).get("half", {})
     low = live.get("points", {}).get("low", {})
+    half_written = live.get("points", {}).get("half_written", {})
     at_768 = shape.get("vnodes") == 768
     disc = results.get("discovery", {})
     sup = results.get("supervisor_loop", {})
@@ -69,6 +70,7 @@ def summary(results: dict) -> dict:
         "confidence_s": shape.get("confidence_s"),
         **_point_keys("latency_768", half if at_768 else {}),
         **_point_keys("latency_768_low_rate", low if at_768 else {}),
+        **_point_keys("latency_768_half_written", half_written if at_768 else {}),
         # the same figures for whatever the live run's size was (smoke: a few vnodes)
         "latency_p50_s": half.get("p50_s"),
         "latency_p95_s": half.get("p95_s"),
@@ -195,7 +197,8 @@ def replicas_md(d: dict) -> list[str]:
     rep = d.get("replicas")
     if not rep:
         return []
-    one, three = rep["drain"]
+    one, three = rep["drain"][:2]
+    one_x3 = rep["drain"][2] if len(rep["drain"]) > 2 else None
     lv = rep.get("live", {})
     delay = rep.get("broker_initial_rebalance_delay_ms")
     lines = ["## Replicas sharing slots (issue 10)", "",
@@ -209,10 +212,18 @@ def replicas_md(d: dict) -> list[str]:
              f"| drain, 3 replicas | {_fmt(three['events_per_s'])} events/s, "
              f"{_fmt(three['cpu_us_per_event'], 1)} µs/event, {three['delivered']['distinct_ids']:,} ids, "
              f"{three['delivered']['duplicates']} dup | |",
+             *([f"| drain, 1 replica of 3 workers | {_fmt(one_x3['events_per_s'])} events/s, "
+                f"{_fmt(one_x3['cpu_us_per_event'], 1)} µs/event, {one_x3['delivered']['distinct_ids']:,} ids, "
+                f"{one_x3['delivered']['duplicates']} dup | |"] if one_x3 else []),
              "| CPU per event, 3 replicas / 1, from each replica's /ready to its exit (coordination) | "
              f"**{_fmt(rep.get('cpu_after_ready_ratio_3_vs_1'), 2)}×** "
-             f"({_fmt(one.get('cpu_after_ready_us_per_event'), 1)} / "
-             f"{_fmt(three.get('cpu_after_ready_us_per_event'), 1)} µs) | ≤ 1.1× |",
+             f"({_fmt(three.get('cpu_after_ready_us_per_event'), 1)} / "
+             f"{_fmt(one.get('cpu_after_ready_us_per_event'), 1)} µs) | ≤ 1.1× |",
+             *([f"| CPU per event, 3 replicas of 1 worker / 1 replica of 3 workers, from /ready (the same "
+                "parallelism on the same cores: what sharing through the group costs) | "
+                f"**{_fmt(rep.get('cpu_after_ready_ratio_3_vs_1x3'), 2)}×** "
+                f"({_fmt(three.get('cpu_after_ready_us_per_event'), 1)} / "
+                f"{_fmt(one_x3.get('cpu_after_ready_us_per_event'), 1)} µs) | |"] if one_x3 else []),
              f"| CPU per event, 3 replicas / 1, whole processes (each replica's start included; boot CPU per "
              f"replica {', '.join(_fmt(b, 2) for b in three.get('boot_cpu_s_per_replica') or [])} s) | "
              f"{_fmt(rep['cpu_per_event_ratio_3_vs_1'], 2)}× | |",

@@ -31,8 +31,11 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
     # the live run measured idle cost and both latency points, with the load from processes of its own
     assert data["idle_cpu_cores"] is not None and data["idle_reads_per_s"] > 0
     points = data["details"]["live"]["points"]
-    assert set(points) == {"half", "low"}
+    assert set(points) == {"half", "half_written", "low"}
     assert all(p["complete"] and p["loadgen_processes"] >= 1 and p["achieved_rate"] for p in points.values())
+    # 'half_written' asks half of what the 'half' writers reached
+    assert points["half_written"]["asked_rate"] == pytest.approx(points["half"]["achieved_rate"] / 2, rel=0.01)
+    assert "latency_768_half_written_p99_s" in data
     assert set(data["relay_events_per_s"]) == {"1", "2"}
     assert all(rate > 0 for rate in data["relay_events_per_s"].values())
     assert data["all_delivered"] is True
