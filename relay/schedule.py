@@ -37,7 +37,11 @@ LIGHT_EVENTS = 1_000  # a task whose last window carried fewer events may share 
 # vnode window, each paying a query, a flush and two Redis calls), but never more than
 # MAX_READ_EVENTS / UNKNOWN_EVENTS of them in one read, in case they are not light.
 UNKNOWN_EVENTS = LIGHT_EVENTS
-MAX_READ_STREAMS = 1_000  # streams of one merged read: ten IN queries of 100, one publish batch
+# Streams of one merged read: twenty IN queries of 100, sent at once, one publish batch. A worker
+# publishes its reads one after another, so the events of a grid step's second read wait for the
+# first's acks: 2,000 covers a worker's share of 768 vnodes x 4 shards in one read (measured at
+# 600 events/s on the local stack: p99 over confidence 0.65/0.43 s, against 0.74/0.53 s at 1,000).
+MAX_READ_STREAMS = 2_000
 # Events a merged read may carry, by its tasks' last windows: the same bound as one task's window
 # (the first page of each of its queries is all that travels ahead of the loop).
 MAX_READ_EVENTS = 20_000

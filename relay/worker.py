@@ -32,7 +32,7 @@ log = logging.getLogger("relay.worker")
 
 EXIT_BOOT_ERROR = 3
 CDC_TTL_DEFAULT_S = 86400  # Scylla's default, until the supervisor tells the table's own
-MAX_INFLIGHT = 8  # window reads on the wire per worker (each up to ten IN queries)
+MAX_INFLIGHT = 8  # window reads on the wire per worker (each up to twenty IN queries)
 BEAT_INTERVAL_S = 1.0
 TTL_WARN_EVERY_S = 300.0
 START_RETRY_S = 2.0
