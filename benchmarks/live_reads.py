@@ -5,9 +5,9 @@
 No relay runs. On a table like the live run's (vnodes × shards streams, emulated CDC), one
 process replays the reads relay's workers make once every task is caught up: on each poll
 grid step (relay's default poll_interval_seconds), every stream read for that step's
-[start, end) window, confidence seconds behind now, in reads of LIVE_READ_STREAMS streams
-(relay.schedule merges caught-up tasks up to that many streams; relay.reader splits each
-read into IN lists of at most 100), all of a step's reads sent at once. Reported: the time
+[start, end) window, confidence seconds behind now, in one read per worker of relay's default
+count (at most relay.schedule.MAX_READ_STREAMS streams each, as relay merges caught-up tasks;
+relay.reader splits each read into IN lists of at most 100), all of a step's reads sent at once. Reported: the time
 from a step's start until each of its reads has all its rows (p50/p90/p99/max), first with
 no writes, then while loadgen processes write at `--rate` (as benchmarks.live's points do).
 
@@ -27,8 +27,6 @@ from pathlib import Path
 from benchmarks import common, live, loadproc
 from benchmarks.common import Stack, log
 
-LIVE_READ_STREAMS = 768  # per read: what relay's merged reads carry with the live run's shape (2 workers, 768 × 4)
-
 
 def _quantiles(values: list[float]) -> dict:
     v = sorted(values)
@@ -44,6 +42,7 @@ def measure(stack: Stack, *, rate: float, seconds: float, idle_seconds: float, v
     from relay import connect
     from relay.mapping import Mapper
     from relay.reader import LogReader
+    from relay.schedule import MAX_READ_STREAMS
 
     run_id = f"blr_{int(time.time())}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{run_id}-"))
@@ -54,7 +53,8 @@ def measure(stack: Stack, *, rate: float, seconds: float, idle_seconds: float, v
         keyspace = table.split(".")[0]
         streams = sorted(s for row in session.execute(f"SELECT streams FROM {keyspace}.cdc_streams_descriptions_v2")
                          for s in row[0])
-        reads = [tuple(streams[i:i + LIVE_READ_STREAMS]) for i in range(0, len(streams), LIVE_READ_STREAMS)]
+        per_read = min(MAX_READ_STREAMS, -(-len(streams) // cfg.worker_count))  # each worker's share
+        reads = [tuple(streams[i:i + per_read]) for i in range(0, len(streams), per_read)]
         # The columns relay's workers read (only those the mapping needs).
         reader = LogReader(session, table, cfg.scylla.bypass_cache, cfg.scylla.fetch_size, cfg.scylla.max_in_keys,
                            columns=Mapper(cfg.table(table)).columns)
@@ -96,7 +96,7 @@ def measure(stack: Stack, *, rate: float, seconds: float, idle_seconds: float, v
         session.cluster.shutdown()
         if failures:
             raise RuntimeError(f"live reads failed: {failures[0]}") from failures[0]
-        return {"streams": len(streams), "reads_per_step": len(reads), "streams_per_read": LIVE_READ_STREAMS,
+        return {"streams": len(streams), "reads_per_step": len(reads), "streams_per_read": per_read,
                 "poll_interval_s": step_us / 1e6, "asked_rate": rate, "achieved_rate": load.achieved_rate,
                 "loadgen_processes": processes, "idle": {**_quantiles(took["idle"]), "rows": rows["idle"]},
                 "load": {**_quantiles(took["load"]), "rows": rows["load"]}}
