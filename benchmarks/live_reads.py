@@ -32,8 +32,8 @@ def _quantiles(values: list[float]) -> dict:
     v = sorted(values)
     if not v:
         return {"reads": 0}
-    return {"reads": len(v), "p50_s": round(v[len(v) // 2], 3), "p90_s": round(v[int(len(v) * 0.9)], 3),
-            "p99_s": round(v[min(len(v) - 1, int(len(v) * 0.99))], 3), "max_s": round(v[-1], 3)}
+    return {"reads": len(v), **{f"p{q}_s": round(live.percentile(v, q), 3) for q in (50, 90, 99)},
+            "max_s": round(v[-1], 3)}
 
 
 def measure(stack: Stack, *, rate: float, seconds: float, idle_seconds: float, vnodes: int, shards: int,
