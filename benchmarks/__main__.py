@@ -22,8 +22,8 @@ from benchmarks import common
 from benchmarks.common import Stack, log
 
 # live = idle + latency (one relay process); --skip idle or latency drops one half of it.
-STEPS = ("raw-read", "raw-produce", "relay", "what-if", "naive", "idle", "latency", "live", "replicas", "discovery",
-         "supervisor-loop")
+STEPS = ("raw-read", "raw-produce", "relay", "what-if", "profile", "naive", "idle", "latency", "live", "replicas",
+         "discovery", "supervisor-loop")
 # The live run's relay settings in a smoke run (a full run uses relay's defaults): small windows keep it short.
 SMOKE_LIVE_SETTINGS = "window_seconds=1,confidence_seconds=2,poll_interval_seconds=0.1"
 DEFAULT_OUT = common.REPO / "benchmarks" / "results"
@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                     if r:
                         r["description"] = why
                         results["what_if"][f"{name}_w{w}"] = r
+        cheapest = _cheapest_workers(results)
+        if cheapest is not None and "profile" not in args.skip and not os.environ.get("BENCH_PROFILE"):
+            r = step("profile", lambda: sampled_drain(stack, workdir, bl, cheapest))
+            if r:
+                results["profiled_drain"], results["sampled_profile"] = r
         r = step("naive", lambda: baselines.run_naive(stack, workdir, bl, args.naive_events))
         if r:
             results["naive"] = r
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         if r:
             results["supervisor_loop"] = r
         if os.environ.get("BENCH_PROFILE"):
-            results["profile"] = profile_results(results, workdir, args.out)
+            best = _best_workers(results)
+            results["profile"] = profile_results(results, workdir, args.out, best, f"w{best}")
     finally:
         results["total_s"] = round(time.monotonic() - t_all, 1)
         end_rev = common._relay_revision()
@@ -239,6 +245,14 @@ def run_replicas(stack: Stack, workdir: Path, bl) -> dict:
     out.update(replicas.ratios(*out["drain"]))
     out["live"] = replicas.live(stack, workdir, bl)
     return out
+
+
+def _cheapest_workers(results: dict) -> int | None:
+    """The worker count whose drain cost the least CPU per event (the CPU target's "best")."""
+    runs = results.get("relay") or {}
+    if not runs:
+        return None
+    return int(min(runs.items(), key=lambda kv: kv[1]["cpu_us_per_event"])[0])
 
 
 def _best_workers(results: dict) -> int | None:
@@ -321,15 +335,28 @@ def standing_notes(args, results: dict) -> list[str]:
     return notes
 
 
-def profile_results(results: dict, workdir: Path, out: Path) -> dict:
-    """Summaries of every profile of the run, and where the per-event time of the best drain went."""
+def sampled_drain(stack: Stack, workdir: Path, bl, workers: int) -> tuple[dict, dict]:
+    """The cheapest drain once more, after the measured ones, under py-spy (benchmarks/sampling.py):
+    where its per-event CPU goes, by process, thread, stage and function. The measured drains
+    stay unobserved."""
+    from benchmarks import backlog, sampling
+
+    spy = sampling.Sampler(workdir / f"py-spy-w{workers}.raw")
+    run = backlog.run_relay(stack, workdir, bl, workers, variant="sampled", on_start=spy.attach)
+    summary = sampling.summarize(spy.wait(), bl.events, spy.rate_hz)
+    summary["workers"] = workers
+    summary["raw"] = str(spy.out)
+    return run, summary
+
+
+def profile_results(results: dict, workdir: Path, out: Path, workers: int | None, tag: str) -> dict:
+    """Summaries of every profile of the run, and where the per-event time of drain `tag` went."""
     from benchmarks.profiling import top_functions
 
     prof: dict = {"files": summarize_profiles(workdir, out)}
-    best = _best_workers(results)
-    if best is not None:
-        prof["drain_workers"] = best
-        prof["drain"] = top_functions(sorted((workdir / f"profile-w{best}").glob("worker*.prof")),
+    if workers is not None:
+        prof["drain_workers"] = workers
+        prof["drain"] = top_functions(sorted((workdir / f"profile-{tag}").glob("worker*.prof")),
                                       results["backlog"]["events"])
     return prof
 

@@ -86,11 +86,13 @@ def until_iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat()
 
 
-def relay_command(config: Path, workers: int | None, until_us: int | None) -> list[str]:
+def relay_command(config: Path, workers: int | None, until_us: int | None, profile: bool | None = None) -> list[str]:
     """`python -m relay run …` (workers None: relay's default), or the same through
-    benchmarks.profiling when BENCH_PROFILE is set (each worker then runs under cProfile and
-    leaves a .prof file in BENCH_PROFILE_DIR)."""
-    module = "benchmarks.profiling" if os.environ.get("BENCH_PROFILE") else "relay"
+    benchmarks.profiling when `profile` (default: BENCH_PROFILE is set): each worker then runs
+    under cProfile and leaves a .prof file in BENCH_PROFILE_DIR."""
+    if profile is None:
+        profile = bool(os.environ.get("BENCH_PROFILE"))
+    module = "benchmarks.profiling" if profile else "relay"
     cmd = [common.python(), "-m", module, "run", "--config", str(config)]
     if workers is not None:
         cmd += ["--workers", str(workers)]
@@ -110,9 +112,10 @@ def wait_confidence(backlog: Backlog, confidence_s: float) -> None:
 
 
 def run_relay(stack: Stack, workdir: Path, backlog: Backlog, workers: int, *, variant: str = "",
-              extra_env: dict[str, str] | None = None) -> dict:
+              extra_env: dict[str, str] | None = None, on_start=None) -> dict:
     """Drain the backlog once; `variant`/`extra_env` name and set relay config overrides for a what-if run
-    (RELAY_<SECTION>__<KEY> variables, e.g. RELAY_KAFKA__PRODUCER__LINGER_MS=0)."""
+    (RELAY_<SECTION>__<KEY> variables, e.g. RELAY_KAFKA__PRODUCER__LINGER_MS=0). `on_start(pid)` is
+    called once, as soon as relay's process exists (e.g. to attach a profiler)."""
     ks = backlog.keyspace
     tag = f"w{workers}" + (f"_{variant}" if variant else "")
     topic = f"{ks}.{tag}.order"
@@ -130,8 +133,16 @@ def run_relay(stack: Stack, workdir: Path, backlog: Backlog, workers: int, *, va
         env["BENCH_PROFILE_DIR"] = str(workdir / f"profile-{tag}")
         Path(env["BENCH_PROFILE_DIR"]).mkdir(parents=True, exist_ok=True)
     log(f"relay {tag}: draining {backlog.events:,} events with {workers} worker(s) -> topic {topic}")
-    run = common.run_and_sample(relay_command(config, workers, backlog.until_us), env=env,
-                                log_path=workdir / f"relay-{tag}.log", timeout=3600)
+    command = relay_command(config, workers, backlog.until_us, bool(env.get("BENCH_PROFILE")))
+    started: list[int] = []
+
+    def during(_sampler, proc) -> None:
+        if on_start is not None and not started:
+            started.append(proc.pid)
+            on_start(proc.pid)
+
+    run = common.run_and_sample(command, env=env, log_path=workdir / f"relay-{tag}.log", timeout=3600,
+                                during=during)
     if run.returncode != 0:
         tail = (workdir / f"relay-{tag}.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"relay {tag} exited with {run.returncode}:\n{tail}")

@@ -325,12 +325,42 @@ def supervisor_md(d: dict) -> list[str]:
             ""]
 
 
+def sampled_profile_md(d: dict) -> list[str]:
+    sp = d.get("sampled_profile")
+    if not sp:
+        return ["## Where the per-event CPU goes", "", "Not measured in this run (the `profile` step was skipped or "
+                "failed, see the errors): it drains the backlog once more under py-spy.", ""]
+    w = sp["workers"]
+    run = d.get("profiled_drain") or {}
+    unprofiled = (d.get("relay") or {}).get(str(w)) or {}
+    threads = ", ".join(f"{t.get('main', 0):.1f} / {t.get('librdkafka', 0):.1f} / {t.get('other', 0):.1f}"
+                        for t in unprofiled.get("worker_threads_cpu_s") or [])
+    lines = ["## Where the per-event CPU goes (py-spy, `benchmarks/sampling.py`)", "",
+             f"The cheapest drain ({w} worker(s)) once more, after the measured ones, sampled by py-spy at "
+             f"{sp['rate_hz']} Hz in every relay process and thread (`--gil`: only a thread holding the GIL counts, "
+             f"so waits for rows, acks and Redis do not; C work that releases the GIL, such as librdkafka's own "
+             f"threads, is not seen). µs/event = samples / rate / {sp['events']:,} events. This drain: "
+             f"{_fmt(run.get('events_per_s'))} events/s, {_fmt(run.get('cpu_us_per_event'), 1)} µs/event of CPU "
+             f"(wait4); sampled: **{sp['us_per_event']} µs/event**. On a busy machine a thread holding the GIL "
+             "while it waits for a core is counted too, so the sampled sum can exceed the CPU: compare rows "
+             "with each other."
+             + (f" The unprofiled drain's worker threads (main / librdkafka / other): {threads} s CPU." if threads
+                else ""), ""]
+    for title, key in (("process and thread", "threads"), ("worker main thread, by stage", "worker_main_stages"),
+                       ("function (own samples)", "own"), ("relay function (cumulative)", "relay_cumulative")):
+        rows = sp.get(key) or []
+        lines += [f"| {title} | µs/event | share |", "|---|---:|---:|"]
+        total = sum(r["us_per_event"] for r in rows) if key in ("threads", "worker_main_stages") else sp["us_per_event"]
+        lines += [f"| {r['name'].replace('|', '/')} | {r['us_per_event']:.2f} | "
+                  f"{(r['us_per_event'] / total * 100 if total else 0):.0f}% |" for r in rows]
+        lines.append("")
+    return lines
+
+
 def profile_md(d: dict) -> list[str]:
     prof = d.get("profile")
     if not prof:
-        return ["## Profile", "", "Not profiled in this run: `BENCH_PROFILE=1 make bench` (or `--profile`) runs "
-                "relay's workers, its supervisor loop and the baselines under cProfile and adds where the per-event "
-                "time of the best drain goes here.", ""]
+        return []
     lines = ["## Profile: where the per-event time goes", ""]
     top = prof.get("drain")
     if top:
@@ -460,6 +490,7 @@ def markdown(s: dict) -> str:
                   f"**{disc['total_s']:.3f}** | {disc['peak_rss_mb']:.0f} | {disc['process_wall_s']:.2f} | "
                   f"{disc['generations_cached_s']:.3f} | {disc['assign_repeat_s'] + disc['tasks_of_repeat_s']:.3f} |",
                   ""]
+    lines += sampled_profile_md(d)
     lines += profile_md(d)
     if d.get("errors"):
         lines += ["## Steps that failed", ""] + [f"- {k}: {v.splitlines()[0] if v else ''}"

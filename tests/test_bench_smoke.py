@@ -39,5 +39,15 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
     assert set(data["relay_events_per_s"]) == {"1", "2"}
     assert all(rate > 0 for rate in data["relay_events_per_s"].values())
     assert data["all_delivered"] is True
-    assert (tmp_path / "latest.md").read_text().startswith("# relay benchmark results")
+    # the cheapest drain ran once more under py-spy, after the measured drains: where its CPU goes
+    details = data["details"]
+    cheapest = min(data["relay_cpu_us_per_event"], key=data["relay_cpu_us_per_event"].get)
+    assert details["profiled_drain"]["complete"]
+    sampled = details["sampled_profile"]
+    assert sampled["workers"] == int(cheapest) and sampled["samples"] > 0
+    threads = {r["name"] for r in sampled["threads"]}
+    assert {"worker: main thread", "supervisor: main thread"} <= threads, threads
+    assert any(r["name"].startswith("worker_main (") for r in sampled["relay_cumulative"]), sampled
+    md = (tmp_path / "latest.md").read_text()
+    assert md.startswith("# relay benchmark results") and "## Where the per-event CPU goes (py-spy" in md
     assert (tmp_path / "throughput.png").stat().st_size > 1000
