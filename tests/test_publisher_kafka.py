@@ -75,21 +75,32 @@ def test_a_limit_lowered_behind_relays_back_dead_letters_without_reordering(kafk
 
 def test_a_fatal_error_loses_no_delivery_report(kafka_bootstrap, topic):
     """A real fatal error: with `enable.gapless.guarantee` a record the broker refuses is fatal.
-    Every record Kafka holds must have reached on_acked before FatalProducerError."""
-    create_topic(kafka_bootstrap, topic, **{"max.message.bytes": "10000"})
-    acks = Acks()
-    pub = Publisher(config(kafka_bootstrap, **{"enable.gapless.guarantee": True}), on_acked=acks)
-    sent = events(topic, 3_000, aggregates=100, oversized={1_500})
-    with pytest.raises(FatalProducerError) as info:
-        pub.publish(sent)
-    delivered = consume_all(kafka_bootstrap, [topic])
-    in_kafka = set(delivered.ids)
-    assert in_kafka, "some records got through before the fatal error"
-    assert set(acks.ids) == in_kafka == {e.event_id for e in info.value.outcome.delivered}
-    assert_in_order_once(sent, delivered, in_kafka)
-    print(f"fatal error: {len(in_kafka)} of {len(sent)} records acknowledged, all handed to on_acked")
+    Every record Kafka holds must have reached on_acked before FatalProducerError.
+
+    Whether records of the window reach Kafka before the refused one depends on how librdkafka
+    batched them (on a loaded machine the refused batch can be the first request answered): an
+    attempt in which none did proves nothing, so up to three attempts are made, each checked."""
+    bad = 2_500
+    for attempt in range(3):
+        name = f"{topic}.a{attempt}"
+        create_topic(kafka_bootstrap, name, **{"max.message.bytes": "10000"})
+        acks = Acks()
+        pub = Publisher(config(kafka_bootstrap, **{"enable.gapless.guarantee": True}), on_acked=acks)
+        sent = events(name, 3_000, aggregates=100, oversized={bad})
+        with pytest.raises(FatalProducerError) as info:
+            pub.publish(sent)
+        delivered = consume_all(kafka_bootstrap, [name])
+        in_kafka = set(delivered.ids)
+        assert set(acks.ids) == in_kafka == {e.event_id for e in info.value.outcome.delivered}
+        assert_in_order_once(sent, delivered, in_kafka)
+        if in_kafka:
+            break
+        pub.close(timeout=1.0)
+    assert in_kafka, "in three attempts, no record got through before the fatal error"
+    print(f"fatal error (attempt {attempt + 1}): {len(in_kafka)} of {len(sent)} records acknowledged, "
+          "all handed to on_acked")
     pub.rebuild()
-    rest = [e for i, e in enumerate(sent) if e.event_id not in in_kafka and i != 1_500]
+    rest = [e for i, e in enumerate(sent) if e.event_id not in in_kafka and i != bad]
     assert not pub.publish(rest).failed, "the rebuilt producer works"
 
 
