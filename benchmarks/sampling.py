@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -82,7 +83,7 @@ class Sampler:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.terminate()  # SIGTERM still writes what it has
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT (on SIGTERM: nothing)
             self.proc.wait(10)
         if not self.out.exists():
             raise RuntimeError(f"py-spy wrote no samples: {self.log.read_text(errors='replace')[-500:]}")

@@ -40,3 +40,26 @@ def test_samples_become_microseconds_per_event_by_thread_stage_and_function(tmp_
     assert cumulative["Publisher._publish (relay/publisher.py)"] == 40
     assert cumulative["worker_main (relay/worker.py)"] == 80
     assert all("relay/" in name for name in cumulative)
+
+
+def test_the_sampler_attaches_to_a_process_and_keeps_its_samples_when_stopped_early(tmp_path):
+    """The real py-spy on a busy interpreter: attached by pid, and stopped before its target exits
+    (the timeout path: SIGINT makes py-spy write what it has; SIGTERM would lose it all)."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.sampling import Sampler
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: sum(range(1000))"])
+    try:
+        spy = Sampler(tmp_path / "busy.raw")
+        spy.attach(busy.pid)
+        time.sleep(1.0)
+        raw = spy.wait(timeout=0.2)
+    finally:
+        busy.kill()
+        busy.wait()
+    s = summarize(raw, events=1, rate_hz=spy.rate_hz)
+    assert s["samples"] > 20, s  # ~1 s at 200 Hz, holding the GIL all along
+    assert any(r["name"].startswith("<module> (<string>") for r in s["own"]), s["own"]
