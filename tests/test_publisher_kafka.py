@@ -3,7 +3,7 @@ Every claim is checked by consuming the topic."""
 from __future__ import annotations
 
 import pytest
-from harness import consume_all
+from harness import consume_all, wait_for
 from publisher_helpers import assert_in_order_once, config, create_topic, events
 
 from relay.publisher import FatalProducerError, Publisher
@@ -57,6 +57,11 @@ def test_a_limit_lowered_behind_relays_back_dead_letters_without_reordering(kafk
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
         ConfigEntry("max.message.bytes", "10000", incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([resource])[resource].result(30)
+    # The controller accepts the change before the broker applies it: a window sent in between is
+    # not refused at all (CI saw that). Wait until the broker itself reports the new limit.
+    described = ConfigResource(ResourceType.TOPIC, topic)
+    wait_for(lambda: admin.describe_configs([described])[described].result(10)["max.message.bytes"].value == "10000",
+             30, "the broker to apply the lowered max.message.bytes")
     oversized = set(range(7, 600, 60))
     sent = events(topic, 600, aggregates=30, oversized=oversized)
     out = pub.publish(sent)
