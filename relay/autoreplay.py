@@ -177,8 +177,10 @@ class DlqMonitor:
         return self._admin_client
 
     def _kafka_answers(self) -> bool:
+        from relay.kafkameta import cluster_answers
+
         try:
-            self._admin().list_topics(timeout=5)
+            cluster_answers(self._admin(), 5)
             return True
         except Exception as exc:  # noqa: BLE001 - any failure means: not now
             log.info("auto-replay waits: kafka does not answer (%s)", str(exc)[:200])

@@ -94,19 +94,17 @@ def ensure_topic(cfg: Config, timeout: float = 15.0) -> str:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from relay.kafkameta import topic_partitions
+
     topic, slots = cfg.leases_topic, cfg.leases.slots
     admin = AdminClient(client_base(cfg))
 
     def partitions() -> int | None:
-        # All topics, never this one by name: a metadata request naming a topic makes a broker with
-        # auto.create.topics.enable create it with its default partition count.
         try:
-            md = admin.list_topics(timeout=timeout)
+            return topic_partitions(admin, [topic], timeout)[topic]
         except KafkaException as exc:
             raise KafkaUnreachable(f"cannot reach Kafka ({cfg.kafka.bootstrap_servers}) to check the leases "
                                    f"topic {topic!r}: {exc}") from None
-        tmd = md.topics.get(topic)
-        return None if tmd is None or tmd.error is not None else len(tmd.partitions)
 
     have = partitions()
     action = "exists"

@@ -485,10 +485,12 @@ class Publisher:
             return
         from confluent_kafka.admin import NewTopic
 
+        from relay.kafkameta import topic_partitions
+
         try:
-            existing = set(self._admin().list_topics(timeout=10).topics)
+            existing = {t for t, n in topic_partitions(self._admin(), missing, 10).items() if n is not None}
         except KafkaException as exc:
-            raise TransientPublishError(f"cannot list topics: {exc.args[0].str()}") from exc
+            raise TransientPublishError(f"cannot describe topics {sorted(missing)}: {exc.args[0].str()}") from exc
         to_create = missing - existing
         if to_create:
             futures = self._admin().create_topics([
