@@ -173,3 +173,21 @@ def test_config_check_is_silent_about_the_default_replication(tmp_path):
                 env={"RELAY_SCYLLA__USERNAME": CQL_USER, "RELAY_SCYLLA__PASSWORD": CQL_PASSWORD})
     assert logged_in(res), res.stdout + res.stderr
     assert "WARNING" not in res.stdout, res.stdout
+
+
+# --------------------------------------------------------------------------- the stack's ports
+
+def test_a_listening_port_in_the_ephemeral_range_is_warned_about(monkeypatch):
+    stack = stack_script()
+    span = (32768, 60999)
+    text = stack.ephemeral_warning("kafka", "RELAY_STACK_KAFKA_PORT", 39092, span)
+    assert text and "RELAY_STACK_KAFKA_PORT=39092" in text and "below 32768" in text and "\n" not in text
+    assert stack.ephemeral_warning("kafka", "RELAY_STACK_KAFKA_PORT", 29092, span) is None
+    assert stack.ephemeral_warning("kafka", "RELAY_STACK_KAFKA_PORT", 39092, None) is None
+    monkeypatch.setenv("RELAY_STACK_KAFKA_CONTROLLER_PORT", "40000")
+    ports = dict(stack.Kafka().listen_ports())
+    assert ports["RELAY_STACK_KAFKA_CONTROLLER_PORT"] == 40000 and "RELAY_STACK_KAFKA_PORT" in ports
+    assert "RELAY_STACK_CASSANDRA_STORAGE_PORT" in dict(stack.Cassandra().listen_ports())
+    monkeypatch.setenv("RELAY_STACK_REDIS_PORT", "70000")
+    with pytest.raises(stack.StackError, match="RELAY_STACK_REDIS_PORT"):
+        stack.Redis()
