@@ -18,7 +18,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from relay.deadletters import history_entry
-from relay.errors import UserError
 from relay.model import OutboxEvent
 
 STATUSES = ("pending", "parked", "replayed", "discarded", "failed")
@@ -157,18 +156,6 @@ def recent_days(days: int, today: date) -> list[date]:
 def days_between(first: date, last: date) -> list[date]:
     """Every UTC day from `last` back to `first`, newest first."""
     return [last - timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-def check_schema(session, keyspace: str) -> None:
-    from relay.schema import missing_relay_tables
-
-    missing = missing_relay_tables(session, keyspace)
-    rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
-                           (keyspace,))
-    if rows.one() is None:
-        raise UserError(f"relay keyspace {keyspace!r} does not exist: run `relay schema apply` first")
-    if missing:
-        raise UserError(f"{keyspace} lacks {', '.join(sorted(missing))}: run `relay schema apply` first")
 
 
 def partitions(session, keyspace: str, columns: Sequence[str], tables: Iterable[str], days: Sequence[date]

@@ -29,6 +29,21 @@ def missing_relay_tables(session, keyspace: str) -> set[str]:
     return missing
 
 
+def require_relay_tables(session, keyspace: str) -> None:
+    """Raises ConfigError (a UserError: one line, no traceback) naming what `relay schema apply`
+    would create: the keyspace, or the tables and columns it lacks."""
+    missing = missing_relay_tables(session, keyspace)
+    if not missing:
+        return
+    from relay.errors import ConfigError
+
+    if missing >= RELAY_TABLES and session.execute(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)).one() is None:
+        raise ConfigError(f"relay keyspace {keyspace!r} does not exist: run `relay schema apply` first")
+    raise ConfigError(f"relay keyspace {keyspace!r} lacks {', '.join(sorted(missing))}: "
+                      f"run `relay schema apply` first")
+
+
 def _columns(session, keyspace: str, table: str) -> set[str]:
     rows = session.execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND "
                            "table_name = %s", (keyspace, table))

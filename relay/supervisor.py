@@ -266,11 +266,10 @@ class Supervisor:
 
     def _require_schema(self) -> None:
         from relay.errors import UserError
-        from relay.schema import has_cdc_log, missing_relay_tables
+        from relay.schema import has_cdc_log, require_relay_tables
 
         ks = self.cfg.scylla.relay_keyspace
-        if missing_relay_tables(self.session, ks):
-            raise UserError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
+        require_relay_tables(self.session, ks)
         for t in self.cfg.tables:
             if not has_cdc_log(self.session, t.keyspace, t.table):
                 raise UserError(f"{self.cfg.source}: tables: {t.name} has no CDC log ({t.table}_scylla_cdc_log); "

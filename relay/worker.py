@@ -90,7 +90,6 @@ class Worker:
         from relay.checkpoints import CheckpointStore
         from relay.deadletters import DeadLetterWriter
         from relay.dedup import Dedup
-        from relay.errors import ConfigError
         from relay.mapping import Mapper
         from relay.metrics import WorkerMetrics
         from relay.parking import Parking
@@ -98,7 +97,7 @@ class Worker:
         from relay.reader import LogReader
         from relay.retry import Retrier
         from relay.routing import Router
-        from relay.schema import missing_relay_tables
+        from relay.schema import require_relay_tables
 
         stamina.instrumentation.set_on_retry_hooks([])  # relay counts retries itself, without logging args
         if os.environ.get("RELAY_TESTING_NO_RETRY_WAIT"):
@@ -130,8 +129,7 @@ class Worker:
         ks = cfg.scylla.relay_keyspace
         # Workers start beside the supervisor's own schema check: without relay's tables, preparing
         # a statement would fail with the driver's traceback in the log, before that one-line error.
-        if missing_relay_tables(self.session, ks):
-            raise ConfigError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
+        require_relay_tables(self.session, ks)
         self.checkpoints = CheckpointStore(self.session, ks, f"{cfg.replica_id}/w{self.index}")
         self.parking = Parking(self.session, ks, cfg.dlq.order)
         self.dead_letters = DeadLetterWriter(self.session, ks, parking=self.parking)

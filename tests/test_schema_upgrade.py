@@ -2,10 +2,12 @@
 each applied once, and the commands that need the new columns say what to run until then."""
 from __future__ import annotations
 
+import pytest
 from dlq_helpers import run_cli
 
 from relay import config, schema
-from relay.schema import missing_relay_tables
+from relay.errors import ConfigError
+from relay.schema import missing_relay_tables, require_relay_tables
 
 # dead_letters and checkpoints as relay made them before the dead-letter lifecycle (git history).
 OLD = """
@@ -47,3 +49,13 @@ def test_schema_print_shows_the_upgrade_steps(tmp_path, keyspace_name):
     out = res.stdout
     assert f"ALTER TABLE {keyspace_name}.dead_letters ADD history map<timestamp, text>;" in out
     assert f"CREATE TABLE IF NOT EXISTS {keyspace_name}.parked_aggregates" in out
+
+
+def test_the_schema_check_names_what_is_missing(cql, keyspace, keyspace_name):
+    """One check for `relay run` (supervisor and workers), `status` and `dlq`: it says whether the
+    keyspace or which tables are missing, as a ConfigError (one line, and a worker's boot error)."""
+    with pytest.raises(ConfigError, match=f"relay keyspace '{keyspace_name}' does not exist: run `relay schema"):
+        require_relay_tables(cql, keyspace_name)
+    with pytest.raises(ConfigError) as info:
+        require_relay_tables(cql, keyspace)  # exists, empty
+    assert "lacks checkpoints, dead_letters, parked_aggregates: run `relay schema apply` first" in str(info.value)

@@ -20,12 +20,12 @@ from relay.dlqstore import (
     STATUSES,
     DeadLetter,
     cdc_datetime,
-    check_schema,
     partitions,
     recent_days,
 )
 from relay.dlqstore import utc as _utc
 from relay.errors import UserError
+from relay.schema import require_relay_tables
 
 MESSAGE_WIDTH = 60  # error messages are cut to this in the human listing (JSON has them whole)
 WAITING = ("pending", "parked")  # statuses whose age `stats` reports: they wait for a replay
@@ -92,7 +92,7 @@ def tables_for(cfg: Config, table: str | None) -> list[str]:
 def list_dead_letters(session, keyspace: str, tables: Sequence[str], days: int, *, status: str | None = None,
                       limit: int = 100, today: date | None = None) -> list[DeadLetter]:
     """The newest dead letters (by event time) across tables, optionally of one status; limit 0 = all."""
-    check_schema(session, keyspace)
+    require_relay_tables(session, keyspace)
     found: list[DeadLetter] = []
     day_list = recent_days(days, today or datetime.now(UTC).date())
     for _, rows in partitions(session, keyspace, LIST_COLUMNS, tables, day_list):
@@ -111,7 +111,7 @@ def list_dead_letters(session, keyspace: str, tables: Sequence[str], days: int, 
 
 def dlq_stats(session, keyspace: str, tables: Sequence[str], days: int, *, now: datetime | None = None
               ) -> DlqStats:
-    check_schema(session, keyspace)
+    require_relay_tables(session, keyspace)
     now = now or datetime.now(UTC)
     stats = DlqStats(days, now, tables={t: TableStats() for t in tables})
     for table, rows in partitions(session, keyspace, STATS_COLUMNS, tables, recent_days(days, now.date())):
@@ -302,7 +302,7 @@ def _open(args):
     tables = tables_for(cfg, args.table)
     session = connect.cql_session(cfg)
     try:
-        check_schema(session, cfg.scylla.relay_keyspace)
+        require_relay_tables(session, cfg.scylla.relay_keyspace)
     except UserError:
         session.cluster.shutdown()
         raise
@@ -369,7 +369,7 @@ def _act(args, verb: str) -> int:
     cfg = config.load(args.config)
     session = connect.cql_session(cfg)
     try:
-        check_schema(session, cfg.scylla.relay_keyspace)
+        require_relay_tables(session, cfg.scylla.relay_keyspace)
         replayer = Replayer(cfg, session, default_actor(), days=args.days, rate=rate)
         if args.dry_run:
             todo = replayer.select(sel).todo

@@ -69,7 +69,7 @@ def _fmt_ts(us: int | None) -> str:
 
 def _status(args) -> int:
     from relay import config, connect
-    from relay.schema import missing_relay_tables
+    from relay.schema import require_relay_tables
 
     cfg = config.load(args.config)
     if not cfg.tables:
@@ -77,8 +77,7 @@ def _status(args) -> int:
     session = connect.cql_session(cfg)
     try:
         ks = cfg.scylla.relay_keyspace
-        if missing_relay_tables(session, ks):
-            raise UserError(f"keyspace {ks!r} lacks relay's tables: run `relay schema apply` first")
+        require_relay_tables(session, ks)
         try:
             data = collect(cfg, session)
         except Exception as exc:  # noqa: BLE001 - e.g. schema not applied: say so in one line
