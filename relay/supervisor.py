@@ -193,6 +193,9 @@ class Supervisor:
         from relay.autoreplay import DlqMonitor
 
         self.dlq_monitor = DlqMonitor(self.cfg, self.session, self.may_auto_replay).start()  # /dlq, auto-replay
+        from relay import heap
+
+        heap.settle()
         with self.status_lock:
             self._loop_running = True
         try:

@@ -620,6 +620,9 @@ def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None,
     except Exception:  # noqa: BLE001 - e.g. Scylla briefly unreachable: the supervisor restarts us
         log.exception("worker %d: boot failed", index)
         sys.exit(1)
+    from relay import heap
+
+    heap.settle()
     code = worker.run()
     worker.session.cluster.shutdown()
     logging.shutdown()
