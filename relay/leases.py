@@ -54,8 +54,9 @@ class Proven:
 
 
 def client_base(cfg: Config) -> dict:
-    """bootstrap and security: what every Kafka client of relay shares with the producer."""
-    return {"bootstrap.servers": cfg.kafka.bootstrap_servers,
+    """bootstrap and security: what every Kafka client of relay shares with the producer. Their
+    librdkafka logs go through relay's logging, as the producer's do, never raw to stderr."""
+    return {"bootstrap.servers": cfg.kafka.bootstrap_servers, "logger": logging.getLogger("relay.kafka"),
             **{k: v for k, v in cfg.kafka.producer.items() if k.startswith(("security.", "sasl.", "ssl."))}}
 
 

@@ -441,6 +441,7 @@ class Publisher:
 
         if self.admin is None:
             self.admin = AdminClient({"bootstrap.servers": self.cfg.kafka.bootstrap_servers,
+                                      "logger": logging.getLogger("relay.kafka"),
                                       **{k: v for k, v in self.cfg.kafka.producer.items()
                                          if k.startswith(("security.", "sasl.", "ssl."))}})
         return self.admin

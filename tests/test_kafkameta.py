@@ -9,9 +9,9 @@ import time
 import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from harness import ReservedPort, wait_for
 
 from relay.kafkameta import cluster_answers, topic_partitions
-from tests.harness import ReservedPort
 
 
 @pytest.fixture
@@ -45,6 +45,8 @@ def test_asking_about_a_missing_topic_does_not_create_it(admin, topic, kafka_boo
 def test_partition_counts_of_existing_and_missing_topics(admin, topic):
     five, none = f"{topic}.five", f"{topic}.none"
     admin.create_topics([NewTopic(five, num_partitions=5, replication_factor=-1)])[five].result(30)
+    # Kafka accepts the creation before every broker's metadata has the topic (CI saw it missing once).
+    wait_for(lambda: topic_partitions(admin, [five], 10)[five] is not None, 30, f"{five} described")
     assert topic_partitions(admin, [five, none], 10) == {five: 5, none: None}
     assert topic_partitions(admin, [], 10) == {}
     cluster_answers(admin, 10)
