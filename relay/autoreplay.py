@@ -170,10 +170,10 @@ class DlqMonitor:
     def _admin(self):
         from confluent_kafka.admin import AdminClient
 
+        from relay import connect
+
         if self._admin_client is None:
-            self._admin_client = AdminClient({
-                "bootstrap.servers": self.cfg.kafka.bootstrap_servers, "logger": logging.getLogger("relay.kafka"),
-                **{k: v for k, v in self.cfg.kafka.producer.items() if k.startswith(("security.", "sasl.", "ssl."))}})
+            self._admin_client = AdminClient(connect.kafka_client_base(self.cfg))
         return self._admin_client
 
     def _kafka_answers(self) -> bool:

@@ -175,6 +175,13 @@ _MESSAGE_TIMEOUT_KEYS = ("message.timeout.ms", "delivery.timeout.ms")
 LIBRDKAFKA_BATCH_SIZE = 1_000_000  # librdkafka's default batch.size
 
 
+def kafka_client_base(cfg: Config) -> dict[str, Any]:
+    """What every Kafka client of relay shares with the producer: bootstrap, the user's security
+    settings, and librdkafka's logs through relay's logging (never raw to stderr)."""
+    return {"bootstrap.servers": cfg.kafka.bootstrap_servers, "logger": _kafka_logger(),
+            **{k: v for k, v in cfg.kafka.producer.items() if k.startswith(("security.", "sasl.", "ssl."))}}
+
+
 def producer_config(cfg: Config, *, batch_size: int | None = None, **extra: Any) -> dict[str, Any]:
     """librdkafka settings: relay's defaults (DESIGN §6), then the user's [kafka.producer] overrides.
 

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from relay.config import Config
+from relay.connect import kafka_client_base
 from relay.errors import UserError
 
 log = logging.getLogger("relay.leases")
@@ -53,17 +54,10 @@ class Proven:
     sent_at: float  # monotonic send time of a commit that succeeded
 
 
-def client_base(cfg: Config) -> dict:
-    """bootstrap and security: what every Kafka client of relay shares with the producer. Their
-    librdkafka logs go through relay's logging, as the producer's do, never raw to stderr."""
-    return {"bootstrap.servers": cfg.kafka.bootstrap_servers, "logger": logging.getLogger("relay.kafka"),
-            **{k: v for k, v in cfg.kafka.producer.items() if k.startswith(("security.", "sasl.", "ssl."))}}
-
-
 def consumer_config(cfg: Config, on_commit, on_error) -> dict:
     lz = cfg.leases
     conf = {
-        **client_base(cfg),
+        **kafka_client_base(cfg),
         "group.id": cfg.leases_group_id,
         "client.id": f"relay-{cfg.replica_id}",  # what `relay status` and Kafka's tools show per member
         "partition.assignment.strategy": "cooperative-sticky",
@@ -98,7 +92,7 @@ def ensure_topic(cfg: Config, timeout: float = 15.0) -> str:
     from relay.kafkameta import topic_partitions
 
     topic, slots = cfg.leases_topic, cfg.leases.slots
-    admin = AdminClient(client_base(cfg))
+    admin = AdminClient(kafka_client_base(cfg))
 
     def partitions() -> int | None:
         try:
@@ -306,7 +300,7 @@ def describe_group(cfg: Config, timeout: float = 10.0) -> dict:
     from confluent_kafka.admin import AdminClient
 
     group = cfg.leases_group_id
-    admin = AdminClient(client_base(cfg))
+    admin = AdminClient(kafka_client_base(cfg))
     desc = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
     members: dict[str, list[int]] = {}
     for m in desc.members:

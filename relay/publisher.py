@@ -37,7 +37,7 @@ import pybreaker
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from relay.config import Config
-from relay.connect import LIBRDKAFKA_BATCH_SIZE, producer_config
+from relay.connect import LIBRDKAFKA_BATCH_SIZE, kafka_client_base, producer_config
 from relay.delivery import Report, Status, decide
 from relay.model import OutboxEvent
 
@@ -440,10 +440,7 @@ class Publisher:
         from confluent_kafka.admin import AdminClient
 
         if self.admin is None:
-            self.admin = AdminClient({"bootstrap.servers": self.cfg.kafka.bootstrap_servers,
-                                      "logger": logging.getLogger("relay.kafka"),
-                                      **{k: v for k, v in self.cfg.kafka.producer.items()
-                                         if k.startswith(("security.", "sasl.", "ssl."))}})
+            self.admin = AdminClient(kafka_client_base(self.cfg))
         return self.admin
 
     def _learn_limits(self, topics: set[str]) -> None:
