@@ -106,11 +106,16 @@ class LogReader:
         functions (typeAsBlob for every native type; cast from uuid/timeuuid to text)."""
         if columns is None:
             return "*"
+        from relay.connect import table_metadata
+
         ks, name = self.table.split(".", 1)
         try:
             known = self.session.cluster.metadata.keyspaces[ks].tables[f"{name}_scylla_cdc_log"].columns
         except (KeyError, AttributeError):
-            return "*"  # metadata not known here: the server checks the names anyway
+            meta = table_metadata(self.session, f"{ks}.{name}_scylla_cdc_log")  # created after the session
+            if meta is None:
+                return "*"  # no such log table (yet): the server says so when the statement is prepared
+            known = meta.columns
         wanted = list(METADATA) + [c for c in columns if c not in METADATA]
         missing = [c for c in wanted if c not in known]
         if missing:

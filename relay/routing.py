@@ -31,6 +31,10 @@ class Router:
         self.session = session
         self.keyspace = log_keyspace
         self.cdc_partitioner = self._uses_cdc_partitioner(log_table_name)
+        if log_keyspace not in session.cluster.metadata.keyspaces:
+            # The driver loads only the keyspaces relay asks for (relay.connect.load_metadata), and
+            # without this one's replication it would find no replicas at all.
+            session.cluster.refresh_keyspace_metadata(log_keyspace)
         self._groups: dict[bytes, Hashable] = {}
         self._groups_at = time.monotonic()
 

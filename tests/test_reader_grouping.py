@@ -5,6 +5,7 @@ log on the real Cassandra of the local stack.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -355,6 +356,8 @@ def test_real_routed_reader_with_only_mapped_columns_reads_what_select_star_read
     lean = LogReader(plain.session, table, "auto", fetch_size=3, max_in_keys=2, router=router,
                      columns=("aggregate_id", "event_type", "payload", "no_such_column"))
     assert len({router.replica_set(s) for s in streams}) == 1, "one node: one replica set"
+    assert router.replica_set(streams[0]) == {str(h.host_id) for h in plain.session.cluster.metadata.all_hosts()}, \
+        "the driver knows the keyspace's replication: reads are routed"
 
     def view(changes, cols=("aggregate_id", "event_type", "payload", "cdc$batch_seq_no")):
         return [(c.stream_id, cdc_time_bytes(c.cdc_time), [tuple(row.get(k) for k in cols) for row in c.dict_rows])
@@ -372,3 +375,40 @@ def test_real_routed_reader_with_only_mapped_columns_reads_what_select_star_read
     ids = [r["id"] for c in with_id.read(streams, base, base + 40_000) for r in c.dict_rows]
     assert ids == [str(r["id"]) for c in plain.read(streams, base, base + 40_000) for r in c.dict_rows]
     assert len(ids) == 40 and all(type(i) is str for i in ids)
+
+
+def test_real_session_loads_only_relays_metadata_and_a_later_table_is_still_routed_and_narrowed(
+        cql, keyspace, emulator, tmp_path, made):
+    """relay's sessions skip the driver's whole-cluster schema (relay.connect.load_metadata): they know
+    relay's keyspace and the configured tables, not other keyspaces; a table and a keyspace created
+    after the session started still get their log's columns and replicas."""
+    from relay import config, connect
+    from relay.routing import Router
+    from relay.testing import now_micros
+
+    other = f"{keyspace}_other"
+    made.keyspaces.add(other)
+    cfg = config.load(write_config(tmp_path / "relay.toml", keyspace))
+    cfg = dataclasses.replace(cfg, tables=[dataclasses.replace(cfg.tables[0], name=f"{other}.outbox")])
+    session = connect.cql_session(cfg)  # before the table's keyspace exists
+    try:
+        known = session.cluster.metadata.keyspaces
+        assert keyspace in known and other not in known
+        assert "system_schema" not in known, "not the whole cluster's schema"
+        cql.execute(f"CREATE KEYSPACE {other} WITH replication = "
+                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        cql.execute(outbox_ddl(other))
+        base = (now_micros() // 1_000_000 - 30) * 1_000_000
+        emulator.open_generation(start=base - 60_000_000, vnodes=4, shards=1, seed=5)
+        emulator.enable_cdc(f"{other}.outbox")
+        emulator.insert(f"{other}.outbox", {"aggregate_id": "a1", "id": timeuuid.from_micros(base), "event_type": "e",
+                                           "payload": b"p"}, timestamp=base)
+        stream = emulator.stream_for(f"{other}.outbox", {"aggregate_id": "a1"}, base)
+        router = Router(session, other, "outbox_scylla_cdc_log")
+        assert router.replica_set(stream) == {str(h.host_id) for h in session.cluster.metadata.all_hosts()}
+        reader = LogReader(session, f"{other}.outbox", "auto", router=router, columns=("aggregate_id", "payload"))
+        assert "SELECT *" not in reader.stmt.query_string
+        [change] = list(reader.read((stream,), base, base + 1000))
+        assert change.dict_rows[0]["aggregate_id"] == "a1" and "event_type" not in change.dict_rows[0]
+    finally:
+        session.cluster.shutdown()
