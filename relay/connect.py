@@ -123,10 +123,11 @@ def cql_session(cfg: Config, *, connect_timeout: float = 10.0, hot_path: bool = 
         if s.ssl_cert_file:
             ctx.load_cert_chain(s.ssl_cert_file, s.ssl_key_file or None)
         kwargs["ssl_context"] = ctx
-    if not hot_path:
-        from cassandra.io.asyncioreactor import AsyncioConnection
-
-        kwargs["connection_class"] = AsyncioConnection
+    if hot_path:
+        from cassandra.cluster import DefaultConnection as connection_class  # libev where it is built
+    else:
+        from cassandra.io.asyncioreactor import AsyncioConnection as connection_class
+    kwargs["connection_class"] = without_timer_cycles(connection_class)
     cluster = Cluster(**kwargs)
     import logging
 
@@ -163,6 +164,42 @@ def load_metadata(session, keyspaces: Iterable[str], tables: Iterable[str]) -> N
         if keyspace in cluster.metadata.keyspaces:
             cluster.refresh_table_metadata(keyspace, name)
             cluster.refresh_table_metadata(keyspace, f"{name}_scylla_cdc_log")
+
+
+_TIMER_SAFE: dict[type, type] = {}
+
+
+def without_timer_cycles(connection_class: type) -> type:
+    """The driver's connection class, with request timers that hold their request weakly.
+
+    Each request's timeout timer holds the request's bound `_on_timeout` and the request holds the
+    timer, even once answered: every finished request is a reference cycle, freed only by the cyclic
+    garbage collector, and it keeps its last page of rows (a read of 5,000 outbox rows: ~5 MB). Held
+    weakly, a finished read is freed as soon as relay drops it, so workers need no frequent
+    collections (relay.heap). While a request is in flight the connection holds it, so its timer
+    still fires."""
+    safe = _TIMER_SAFE.get(connection_class)
+    if safe is None:
+        import weakref
+
+        from cassandra.cluster import ResponseFuture
+
+        class TimerSafe(connection_class):  # type: ignore[valid-type, misc]
+            @classmethod
+            def create_timer(cls, timeout, callback):
+                if not isinstance(getattr(callback, "__self__", None), ResponseFuture):
+                    return super().create_timer(timeout, callback)
+                method = weakref.WeakMethod(callback)
+
+                def fire() -> None:
+                    bound = method()
+                    if bound is not None:  # gone: nobody waits for the request any more
+                        bound()
+                return super().create_timer(timeout, fire)
+
+        TimerSafe.__name__ = TimerSafe.__qualname__ = f"TimerSafe{connection_class.__name__}"
+        safe = _TIMER_SAFE[connection_class] = TimerSafe
+    return safe
 
 
 def table_metadata(session, qualified: str):

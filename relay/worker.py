@@ -623,6 +623,7 @@ def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None,
     from relay import heap
 
     heap.settle()
+    heap.PeriodicCollector().start()
     code = worker.run()
     worker.session.cluster.shutdown()
     logging.shutdown()

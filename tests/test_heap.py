@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 
 from relay import heap
@@ -28,3 +29,66 @@ def test_settle_freezes_the_start_yet_new_cycles_are_still_collected():
         del keep
     finally:
         gc.unfreeze()
+
+
+def test_collection_clock_is_due_once_per_period_from_when_it_ran():
+    clock = heap.CollectionClock(10.0, now=100.0)
+    assert clock.wait_s(100.0) == 10.0
+    assert not clock.due(109.9)
+    assert clock.due(110.0)
+    assert not clock.due(110.0), "once per period"
+    assert clock.wait_s(112.0) == 8.0
+    assert clock.due(135.0), "late: collects once..."
+    assert not clock.due(140.0) and clock.wait_s(140.0) == 5.0, "...and the next period starts then"
+
+
+def test_periodic_collector_replaces_automatic_collection():
+    collector = heap.PeriodicCollector(every_s=0.5).start()
+    try:
+        assert not gc.isenabled()
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        del a, b
+        keep = [[] for _ in range(100_000)]
+        assert gone() is not None, "allocations no longer trigger collections"
+        del keep
+        deadline = time.monotonic() + 5.0
+        while (gone() is not None or not collector.collections) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone() is None and collector.collections >= 1, "the periodic collection freed the cycle"
+    finally:
+        collector.stop()
+    assert gc.isenabled()
+
+
+def test_relay_sessions_free_a_finished_request_without_the_cycle_collector(keyspace, tmp_path, cql_cluster):
+    """The driver's request timer and the request hold each other: a finished read stays in memory
+    (with its rows) until a collection. Through relay's sessions it goes with its last reference."""
+    from harness import write_config
+
+    from relay import config, connect
+
+    cfg = config.load(write_config(tmp_path / "relay.toml", keyspace))
+    plain = cql_cluster.connect()
+    gc.disable()
+    try:
+        for hot_path in (True, False):
+            session = connect.cql_session(cfg, hot_path=hot_path)
+            try:
+                rs = session.execute("SELECT release_version FROM system.local")
+                assert rs.one()
+                request = weakref.ref(rs.response_future)
+                del rs
+                assert request() is None, f"hot_path={hot_path}: the finished request is still alive"
+            finally:
+                session.cluster.shutdown()
+        rs = plain.execute("SELECT release_version FROM system.local")  # the driver's own class: the control
+        request = weakref.ref(rs.response_future)
+        del rs
+        assert request() is not None, "the driver no longer keeps finished requests in a cycle: drop the workaround"
+        gc.collect()
+        assert request() is None
+    finally:
+        gc.enable()
+        plain.shutdown()
