@@ -71,12 +71,13 @@ def run_raw_produce(stack, workdir, bl) -> dict:
     return out
 
 
-def run_naive(stack, workdir, bl, limit: int) -> dict:
-    topic = f"{bl.keyspace}.naive.order"
+def run_naive(stack, workdir, bl, limit: int, tag: str = "naive") -> dict:
+    """`tag` names the run's topic: repeated runs relay the same events, each into a topic of its own."""
+    topic = f"{bl.keyspace}.{tag}.order"
     common.create_topics(stack.kafka, [topic])
     limit = min(limit, bl.events)
-    log(f"naive relay: {limit:,} events, flush() after each produce")
-    out = _child("naive", _config(stack, workdir, bl, "naive"), bl, workdir, "--limit", str(limit))
+    log(f"naive relay ({tag}): {limit:,} events, flush() after each produce")
+    out = _child("naive", _config(stack, workdir, bl, tag), bl, workdir, "--limit", str(limit))
     rep = common.read_topic(stack.kafka, topic)
     out["delivered"] = rep.to_dict()
     out["complete"] = rep.distinct_ids == out["events"] == limit and rep.duplicates == 0

@@ -10,16 +10,20 @@ def summary(results: dict) -> dict:
     from benchmarks import targets
 
     relay_runs = results.get("relay", {})
-    rates = {str(w): r["events_per_s"] for w, r in relay_runs.items()}
+    # Each worker count's figures: the medians of its drains (one drain each in older result files).
+    drains = results.get("relay_drains") or {w: [r] for w, r in relay_runs.items()}
+    rates = {str(w): _median([d["events_per_s"] for d in ds]) for w, ds in drains.items()}
     best_w, best = max(rates.items(), key=lambda kv: kv[1]) if rates else (None, None)
-    cpu = {str(w): r["cpu_us_per_event"] for w, r in relay_runs.items()}
+    cpu = {str(w): _median([d["cpu_us_per_event"] for d in ds]) for w, ds in drains.items()}
     cheapest_w = min(cpu, key=cpu.get) if cpu else None
     raw_read = results.get("raw_read", {}).get("events_per_s")
     raw_produce = results.get("raw_produce", {}).get("events_per_s")
-    naive = results.get("naive", {}).get("events_per_s")
+    naive = _median([r["events_per_s"] for r in results.get("naive_runs") or [results.get("naive", {})]
+                     if r.get("events_per_s")])
     events = results.get("backlog", {}).get("events")
-    span_best = max((events / r["publish_span_s"] for r in relay_runs.values() if r.get("publish_span_s")),
-                    default=None) if events else None
+    spans = {str(w): _median([round(events / d["publish_span_s"], 1) for d in ds if d.get("publish_span_s")])
+             for w, ds in drains.items()} if events else {}
+    span_best = max((v for v in spans.values() if v), default=None)
     live = results.get("live", {})
     shape = live.get("shape", {})
     idle = live.get("idle") or {}
@@ -33,11 +37,10 @@ def summary(results: dict) -> dict:
     out = {
         "relay_events_per_s": rates,
         "relay_best_workers": int(best_w) if best_w else None,
-        "relay_publish_span_events_per_s": {str(w): (round(results["backlog"]["events"] / r["publish_span_s"], 1)
-                                                     if r.get("publish_span_s") else None)
-                                            for w, r in relay_runs.items()},
+        "relay_publish_span_events_per_s": spans,
         "relay_cpu_us_per_event": cpu,
-        "relay_cpu_s_per_1000_events": {str(w): r["cpu_s_per_1000_events"] for w, r in relay_runs.items()},
+        "relay_drains_per_worker_count": {str(w): len(ds) for w, ds in drains.items()},
+        "relay_cpu_s_per_1000_events": {str(w): round(v / 1000, 4) if v is not None else None for w, v in cpu.items()},
         "relay_worker_peak_rss_mb": {str(w): max(r["worker_peak_rss_mb"] or [0]) for w, r in relay_runs.items()},
         # the worker count with the least CPU per event (the "best worker count" for CPU)
         "cpu_us_per_event_best": cpu[cheapest_w] if cheapest_w else None,
@@ -99,7 +102,9 @@ def summary(results: dict) -> dict:
         "discovery_s": disc.get("total_s"),
         "discovery_peak_rss_mb": disc.get("peak_rss_mb"),
         "what_if_events_per_s": {k: r["events_per_s"] for k, r in results.get("what_if", {}).items()},
-        "all_delivered": all(r.get("complete") for r in [*relay_runs.values(), *results.get("what_if", {}).values()])
+        "all_delivered": all(r.get("complete") for r in [*relay_runs.values(), *results.get("what_if", {}).values(),
+                                                         *(d for ds in drains.values() for d in ds),
+                                                         *results.get("naive_runs", [])])
         and all(
             results.get(k, {}).get("complete", True) for k in ("raw_produce", "naive")),
         "machine": results.get("machine", {}),
@@ -412,13 +417,22 @@ def markdown(s: dict) -> str:
               "|---|---:|---:|---:|---:|---|"]
     best = max(s["relay_events_per_s"].values(), default=None)
     for w, r in d.get("relay", {}).items():
-        note = (f"wall {r['wall_s']:.1f} s = start {_fmt(r['startup_s'], 1)} s + publishing "
+        ds = (d.get("relay_drains") or {}).get(w) or [r]
+        rate, cpu_us = s["relay_events_per_s"][w], s["relay_cpu_us_per_event"][w]
+        spread = ""
+        if len(ds) > 1:
+            rates = sorted(x["events_per_s"] for x in ds)
+            cpus = sorted(x["cpu_us_per_event"] for x in ds)
+            spread = (f"median of {len(ds)} drains (events/s {_fmt(rates[0])}–{_fmt(rates[-1])}, µs/event "
+                      f"{_fmt(cpus[0], 1)}–{_fmt(cpus[-1], 1)}), all complete: "
+                      f"{'yes' if all(x['complete'] for x in ds) else '**NO**'}; the median-CPU drain: ")
+        note = (spread + f"wall {r['wall_s']:.1f} s = start {_fmt(r['startup_s'], 1)} s + publishing "
                 f"{_fmt(r['publish_span_s'], 1)} s + exit {_fmt(r['tail_s'], 1)} s; "
                 f"delivered {r['delivered']['distinct_ids']:,} ids, {r['delivered']['duplicates']} dup"
                 + ("" if r["complete"] else " **INCOMPLETE**"))
-        lines.append(f"| relay, {w} worker{'s' if int(w) > 1 else ''} | {_fmt(r['events_per_s'])} | "
-                     f"{_fmt(r['events_per_s'] / best if best else None, 2)}× | {_fmt(r['cpu_us_per_event'], 1)} | "
-                     f"{_fmt(r['cpu_s_per_1000_events'], 3)} | {note} |")
+        lines.append(f"| relay, {w} worker{'s' if int(w) > 1 else ''} | {_fmt(rate)} | "
+                     f"{_fmt(rate / best if best else None, 2)}× | {_fmt(cpu_us, 1)} | "
+                     f"{_fmt(cpu_us / 1000 if cpu_us is not None else None, 3)} | {note} |")
     for key, label in (("raw_read", "raw read (Discovery + LogReader, 1 process)"),
                        ("raw_produce", "raw produce (same records, 1 producer)"),
                        ("naive", "naive relay (flush() per event)")):
@@ -431,11 +445,15 @@ def markdown(s: dict) -> str:
             note += f", {r['queries']:,} queries"
         if key == "naive":
             note += f" ({r['ms_per_event']} ms/event)"
+            runs = d.get("naive_runs") or []
+            if len(runs) > 1:
+                rates = sorted(x["events_per_s"] for x in runs)
+                note += f"; the median of {len(runs)} runs ({_fmt(rates[0])}–{_fmt(rates[-1])} events/s)"
         lines.append(f"| {label} | {_fmt(r['events_per_s'])} | "
                      f"{_fmt(r['events_per_s'] / best if best else None, 2)}× | {_fmt(r['cpu_us_per_event'], 1)} | "
                      f"{_fmt(r['cpu_us_per_event'] / 1000, 3)} | {note} |")
     lines += ["",
-              f"Ratios (best relay run): relay / raw read = **{_fmt(s['relay_vs_raw_read'], 2)}**, "
+              f"Ratios (the fastest worker count's median): relay / raw read = **{_fmt(s['relay_vs_raw_read'], 2)}**, "
               f"relay / raw produce = **{_fmt(s['relay_vs_raw_produce'], 2)}**, "
               f"relay / naive = **{_fmt(s['relay_vs_naive'], 1)}** (relay's whole process against the naive "
               f"relay's loop; from relay's first to its last record appended: "

@@ -39,6 +39,14 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
     assert set(data["relay_events_per_s"]) == {"1", "2"}
     assert all(rate > 0 for rate in data["relay_events_per_s"].values())
     assert data["all_delivered"] is True
+    # each worker count drained twice (--smoke repeats 2), its figures the medians; the naive relay ran twice
+    drains = data["details"]["relay_drains"]
+    assert {w: len(ds) for w, ds in drains.items()} == {"1": 2, "2": 2} == data["relay_drains_per_worker_count"]
+    for w, ds in drains.items():
+        assert all(d["complete"] for d in ds)
+        assert min(d["cpu_us_per_event"] for d in ds) <= data["relay_cpu_us_per_event"][w] \
+            <= max(d["cpu_us_per_event"] for d in ds)
+    assert len(data["details"]["naive_runs"]) == 2 and all(r["complete"] for r in data["details"]["naive_runs"])
     # the cheapest drain ran once more under py-spy, after the measured drains: where its CPU goes
     details = data["details"]
     cheapest = min(data["relay_cpu_us_per_event"], key=data["relay_cpu_us_per_event"].get)
