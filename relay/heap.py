@@ -1,9 +1,10 @@
 """The cyclic garbage collector, set for relay's long-running processes once they have started.
 
-A worker's heap after its start holds hundreds of thousands of objects that live as long as the
-process (modules, the driver's schema and token metadata: more on a cluster with many tables).
-With CPython's defaults every full collection walks that whole heap again, and a window allocates
-a dozen containers per event (rows, events, headers, reports), so full collections come often.
+A process's heap after its start holds tens of thousands of objects that live as long as it does
+(modules, the driver's token metadata and the schema of relay's own tables: 37,000-46,000 once
+sessions stopped loading the whole cluster's schema, hundreds of thousands before). With CPython's
+defaults every full collection walks that whole heap again, and a window allocates a dozen
+containers per event (rows, events, headers, reports), so full collections come often.
 `gc.freeze()` after the start moves what exists to the permanent generation, which no collection
 walks again. It is not preceded by a collection: one took ~30 ms per process and found 120-340
 objects of garbage among the 37,000-46,000 the start leaves (frozen with the rest, they stay).

@@ -87,8 +87,48 @@ def test_relay_sessions_free_a_finished_request_without_the_cycle_collector(keys
         request = weakref.ref(rs.response_future)
         del rs
         assert request() is not None, "the driver no longer keeps finished requests in a cycle: drop the workaround"
-        gc.collect()
+        # A collection frees it once the driver's loop has dropped the (cancelled) timer from its queue.
+        deadline = time.monotonic() + 15.0
+        while request() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.05)
         assert request() is None
     finally:
         gc.enable()
         plain.shutdown()
+
+
+def test_timer_safe_connection_fires_a_live_requests_timeout_and_does_not_keep_a_finished_one():
+    """relay.connect.without_timer_cycles, on a stand-in for the driver's connection class: the timer it
+    creates still calls the request's timeout handler while the request lives, and holds it weakly."""
+    from cassandra.cluster import ResponseFuture
+
+    from relay.connect import without_timer_cycles
+
+    class Base:
+        timers: list = []
+
+        @classmethod
+        def create_timer(cls, timeout, callback):
+            cls.timers.append(callback)
+            return callback
+
+    class Request(ResponseFuture):
+        def __init__(self) -> None:  # none of the driver's state: only the timeout handler matters here
+            self.timeouts = 0
+
+        def _on_timeout(self, _attempts=0):
+            self.timeouts += 1
+
+    conn = without_timer_cycles(Base)
+    assert without_timer_cycles(Base) is conn, "one class per base: libev keeps one loop per class"
+    request = Request()
+    fire = conn.create_timer(10.0, request._on_timeout)
+    fire()
+    assert request.timeouts == 1, "the timeout of a request still in flight is not lost"
+    other = conn.create_timer(1.0, len)  # not a request's: passed through as it is
+    assert other is len
+    gone = weakref.ref(request)
+    del request
+    assert gone() is None, "the timer keeps a finished request alive"
+    fire()  # nobody waits any more: nothing to do, no error
