@@ -60,3 +60,4 @@ class Progress:
 class BootError:
     index: int
     message: str
+    fatal: bool = True  # configuration it cannot run with; else (a service unreachable) it is restarted

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
 
 from relay.assignment import TablePlans
 from relay.config import Config, parse_start_from
@@ -69,6 +70,7 @@ class Slot:
     idle_s: float = 0.0  # how long its loop had made no progress, at its last beat
     dlq_failing: str = ""
     clock_ahead_s: float = 0.0
+    boot_failure: str = ""  # what its last process said as it gave up booting (a service unreachable)
 
     def held(self) -> set[tuple]:
         """Tasks this worker may still be working on: what it reported, and until it confirms
@@ -91,12 +93,13 @@ class TaskView:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, workers: int, until_us: int | None = None, log_level: str = "INFO") -> None:
+    def __init__(self, cfg: Config, workers: int, until_us: int | None = None, log_level: str = "INFO",
+                 ctx: BaseContext | None = None) -> None:
         self.cfg = cfg
         self.n_workers = workers
         self.until_us = until_us
         self.log_level = log_level
-        self.ctx = mp.get_context("spawn")
+        self.ctx = ctx or mp.get_context("spawn")  # relay.forkserver: how `relay run` starts its workers
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.slots = [Slot(i) for i in range(workers)]
         self.views: dict[tuple, TaskView] = {}
@@ -621,12 +624,17 @@ class Supervisor:
             if conn is self.lease_events:  # the next step_leases takes the events themselves
                 self.lease_events.clear_wakeups()
                 continue
-            slot = next(s for s in self.slots if s.conn is conn)
-            try:
-                while conn.poll():
-                    self._on_message(slot, conn.recv())
-            except (EOFError, OSError):
-                slot.conn = None
+            self._drain_messages(next(s for s in self.slots if s.conn is conn))
+
+    def _drain_messages(self, slot: Slot) -> None:
+        conn = slot.conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._on_message(slot, conn.recv())
+        except (EOFError, OSError):
+            slot.conn = None
 
     def _on_message(self, slot: Slot, msg) -> None:
         if isinstance(msg, Beat):
@@ -656,7 +664,10 @@ class Supervisor:
                 view.finished = finished
                 view.error = error
         elif isinstance(msg, BootError):
-            self.boot_error = f"worker {msg.index}: {msg.message}"
+            if msg.fatal:
+                self.boot_error = f"worker {msg.index}: {msg.message}"
+            else:
+                slot.boot_failure = msg.message
 
     def step_reap(self) -> None:
         now = time.monotonic()
@@ -671,6 +682,7 @@ class Supervisor:
                     slot.restarts = 0
                 continue
             code = proc.exitcode
+            self._drain_messages(slot)  # why it died, when it could say
             self._reaped(slot)
             if code == EXIT_BOOT_ERROR:
                 self.boot_error = self.boot_error or f"worker {slot.index} exited with the boot-error code"
@@ -680,6 +692,8 @@ class Supervisor:
             slot.restart_at = now + delay
             how = f"signal {-code}" + (" (SIGKILL: out of memory?)" if code == -9 else "") if code and code < 0 \
                 else f"exit code {code}"
+            if slot.boot_failure:
+                how, slot.boot_failure = f"{how}: could not start: {slot.boot_failure}", ""
             log.error("worker %d (pid %s) died with %s; restarting in %.1fs", slot.index, proc.pid, how, delay)
             self.metrics.worker_restarts.inc()
 
@@ -818,3 +832,7 @@ class Supervisor:
             if slot.process is not None and slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(5)
+        if self.ctx.get_start_method() == "forkserver":
+            from relay import forkserver
+
+            forkserver.stop()

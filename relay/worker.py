@@ -36,6 +36,10 @@ MAX_INFLIGHT = 8  # window reads on the wire per worker (each up to twenty IN qu
 BEAT_INTERVAL_S = 1.0
 TTL_WARN_EVERY_S = 300.0
 START_RETRY_S = 2.0
+# What only a worker imports (at boot): relay.forkserver imports it once, for every worker it forks.
+PRELOAD = ("redis", "pybreaker", "stamina.instrumentation", "relay.checkpoints", "relay.deadletters", "relay.dedup",
+           "relay.heap", "relay.mapping", "relay.parking", "relay.positions", "relay.publisher", "relay.reader",
+           "relay.routing", "relay.schema")
 
 
 def now_us() -> int:
@@ -55,6 +59,7 @@ class Worker:
         self.ttl_by_table: dict[str, int] = {}
         self.stopping = False
         self.parent = os.getppid()
+        self._supervisor = _ParentWatch()
         self.paused_until = 0.0
         self.assign_seq = 0
         self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
@@ -150,7 +155,12 @@ class Worker:
         self.tick()
         # The fence too: a large read that began just before the lease's deadline stops producing
         # within a hundred records of it, instead of sending the rest for slots a peer may own now.
-        return self.stopping or os.getppid() != self.parent or self.fence.expired()
+        return self.stopping or self.orphaned() or self.fence.expired()
+
+    def orphaned(self) -> bool:
+        """The supervisor is gone (or the forkserver this worker came from: the supervisor reads its
+        workers as dead then)."""
+        return os.getppid() != self.parent or self._supervisor.gone()
 
     def _mark_acked(self, events: list[OutboxEvent]) -> None:
         from relay.dedup import DedupUnavailable
@@ -179,7 +189,7 @@ class Worker:
         last_progress = 0.0
         while True:
             self.tick()
-            if os.getppid() != self.parent:
+            if self.orphaned():
                 log.error("worker %d: supervisor is gone; exiting", self.index)
                 self.publisher.close(5)
                 return 1
@@ -583,6 +593,24 @@ class Worker:
         self._mark_acked([e for e, _, _ in failed])
 
 
+class _ParentWatch:
+    """The process that started this one, watched through multiprocessing's parent sentinel (a pipe
+    its death closes): a worker's parent process is the forkserver, not the supervisor."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        import select
+
+        parent = multiprocessing.parent_process()
+        self._poll = None
+        if parent is not None and parent.sentinel is not None:
+            self._poll = select.poll()
+            self._poll.register(parent.sentinel, select.POLLIN)
+
+    def gone(self) -> bool:
+        return self._poll is not None and bool(self._poll.poll(0))
+
+
 class ReadTooLarge(Exception):
     """A read brought more rows than a worker keeps in memory at once (relay.schedule.MAX_READ_ROWS)."""
 
@@ -592,13 +620,16 @@ class DeadLetterWriteFailed(Exception):
 
 
 def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None, log_level: str) -> None:
-    """Entry point of a spawned worker process."""
+    """Entry point of a worker process (forked by relay.forkserver, or spawned)."""
     import sys
 
-    from relay import connect
+    from relay import connect, forkserver
 
+    forkserver.name_process(f"relay-worker-{index}")
     connect.without_numpy()
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    # force: a worker forked from the supervisor (relay.forkserver) has its handlers already.
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
+                        force=True)
     logging.getLogger("cassandra").setLevel(logging.WARNING)
     # Ctrl-C reaches the whole process group; only the supervisor decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -606,7 +637,7 @@ def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None,
     signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
     from confluent_kafka import KafkaException
 
-    from relay.errors import ConfigError
+    from relay.errors import ConfigError, UserError
 
     try:
         worker.boot()
@@ -617,6 +648,14 @@ def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None,
         except OSError:
             pass
         sys.exit(EXIT_BOOT_ERROR)
+    except UserError as exc:
+        # A service it cannot reach yet: one line, said by the supervisor as it restarts this worker
+        # (or not at all, when the supervisor itself stops on the same error).
+        try:
+            conn.send(BootError(index, str(exc), fatal=False))
+        except OSError:
+            pass
+        sys.exit(1)
     except Exception:  # noqa: BLE001 - e.g. Scylla briefly unreachable: the supervisor restarts us
         log.exception("worker %d: boot failed", index)
         sys.exit(1)

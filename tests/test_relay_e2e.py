@@ -272,7 +272,32 @@ def test_workers_exit_when_the_supervisor_dies(outbox, relay_config, relay_proce
     assert relay.port > 0 and relay.status()["metrics_port"] == relay.port, "the logged port is the bound one"
     pids = relay.worker_pids()
     assert len(pids) == 2 and all(process_alive(p) for p in pids)
+    # Workers are forked (relay.forkserver): ps and top tell them apart by name, not by command line.
+    names = {w["index"]: open(f"/proc/{w['pid']}/comm").read().strip() for w in relay.status()["workers"]}
+    assert names == {0: "relay-worker-0", 1: "relay-worker-1"}
+    family = descendants(relay.pid)  # the workers, the forkserver they came from, multiprocessing's helper
+    assert set(pids) < family
     os.kill(relay.pid, signal.SIGKILL)
     relay.proc.wait(30)
     wait_for(lambda: not any(process_alive(p) for p in pids), 60, f"workers {pids} to exit after their supervisor")
+    wait_for(lambda: not any(process_alive(p) for p in family), 30, f"relay's processes {family} to exit")
+
+
+def descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    kids = {int(x) for x in fh.read().split()}
+            except OSError:
+                continue
+            todo += kids - out
+            out |= kids
+    return out
 

@@ -288,3 +288,61 @@ def test_the_task_list_of_status_is_built_only_when_asked():
     asker.join(30)
     assert built == [1]
     assert len(result["tasks"]) == 8 and [w["tasks"] for w in result["workers"]] == [4, 4]
+
+
+class DeadProcess:
+    def __init__(self, pid: int, exitcode: int) -> None:
+        self.pid, self.exitcode = pid, exitcode
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, _timeout=None) -> None:
+        pass
+
+
+class SaidBeforeExit(RecordingPipe):
+    """The pipe of a worker that sent these messages, then exited."""
+
+    def __init__(self, *messages) -> None:
+        super().__init__()
+        self.unread = list(messages)
+        self.closed = False
+
+    def poll(self, _timeout=0) -> bool:
+        return bool(self.unread)
+
+    def recv(self):
+        return self.unread.pop(0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("fatal", [False, True])
+def test_a_worker_that_could_not_start_is_restarted_with_its_reason_or_stops_relay(fatal, caplog, monkeypatch):
+    """A service it could not reach (fatal=False): the restart line says why, in the same line; relay
+    goes on. A configuration it cannot run with (fatal=True): relay stops with that message."""
+    from relay import metrics
+    from relay.messages import BootError
+    from relay.worker import EXIT_BOOT_ERROR
+
+    monkeypatch.setattr(metrics, "mark_dead", lambda pid: None)
+    sup, _ = supervisor({"ks.a": 4}, workers=2)
+    sup.metrics.worker_restarts = NoMetric()
+    slot = sup.slots[1]
+    slot.sender.close()
+    why = "cannot connect to Scylla/Cassandra at 10.0.0.9:9042: timed out"
+    slot.conn = SaidBeforeExit(BootError(1, why, fatal=fatal))
+    slot.process = DeadProcess(1001, EXIT_BOOT_ERROR if fatal else 1)
+    with caplog.at_level("ERROR", logger="relay.supervisor"):
+        sup.step_reap()
+    assert slot.process is None
+    if fatal:
+        assert sup.boot_error == f"worker 1: {why}"
+        assert not [r for r in caplog.records if "restarting" in r.getMessage()]
+    else:
+        assert sup.boot_error is None
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == [f"worker 1 (pid 1001) died with exit code 1: could not start: {why}; restarting in 0.5s"]
+        assert slot.boot_failure == "", "said once, not again at the next death"

@@ -63,8 +63,9 @@ def _supervise(args) -> int:
     until = parse_until(args.until) if args.until else None
     if until is not None:
         until -= until % 1000  # positions move in whole milliseconds (minTimeuuid)
+    ctx = _worker_context()  # first: before any client, even the producer checked below, exists
     _preflight_producer(cfg)
-    sup = Supervisor(cfg, workers, until, args.log_level)
+    sup = Supervisor(cfg, workers, until, args.log_level, ctx=ctx)
     sup.install_signals()
     try:
         server = serve(cfg.metrics.host, cfg.metrics.port, sup.snapshot, sup.dlq)
@@ -77,6 +78,22 @@ def _supervise(args) -> int:
     # The server is not shut down: shutdown() waits for serve_forever's next poll (up to 0.5 s) on
     # every exit, and the process ends right after this; its daemon thread and socket end with it.
     return sup.run()
+
+
+def _worker_context():
+    """Workers fork from a copy of this process made now, before any thread or client exists
+    (relay.forkserver): what both sides import is imported here, once; what only workers need,
+    once, in the copy."""
+    import prometheus_client  # noqa: F401
+
+    import relay.metrics  # noqa: F401
+    import relay.retry  # noqa: F401
+    from relay import connect, forkserver
+    from relay.worker import PRELOAD
+
+    connect.import_cql_driver()
+    connect.import_cql_driver(hot_path=True)
+    return forkserver.worker_context(PRELOAD)
 
 
 def _preflight_producer(cfg) -> None:
