@@ -330,9 +330,11 @@ def _role(pid: int, root: int) -> str:
     if pid == root:
         return "supervisor"
     cmd = (_read(f"/proc/{pid}/cmdline") or "").replace("\0", " ")
-    if "spawn_main" in cmd:
+    # A spawned worker runs spawn_main; a forked one (relay.forkserver) keeps relay's command line
+    # and names itself relay-worker-N once it starts.
+    if "spawn_main" in cmd or (_read(f"/proc/{pid}/comm") or "").startswith("relay-worker"):
         return "worker"
-    return "helper"  # e.g. multiprocessing's resource tracker
+    return "helper"  # multiprocessing's resource tracker, relay's forkserver
 
 
 class TreeSampler:
@@ -359,6 +361,8 @@ class TreeSampler:
             p = self.procs.get(pid)
             if p is None:
                 p = self.procs[pid] = ProcSample(pid, _role(pid, self.root), first_seen=now)
+            elif p.role == "helper":  # a forked worker names itself a moment after it exists
+                p.role = _role(pid, self.root)
             p.cpu_s = (int(f[11]) + int(f[12])) / CLK_TCK
             p.children_cpu_s = (int(f[13]) + int(f[14])) / CLK_TCK
             p.last_seen = now

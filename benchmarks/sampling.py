@@ -94,9 +94,26 @@ def _function(frame: str) -> str:
     return _LINE.sub(")", frame)
 
 
-def _thread(frames: list[str]) -> str:
+def _process(frames: list[str]) -> str:
+    """The sample's own process: the last `process PID:"cmdline"` frame py-spy put before its stack."""
+    procs = [f for f in frames if _PROCESS.match(f)]
+    return procs[-1].split(":", 1)[0] if procs else ""
+
+
+def _worker_processes(lines: list[str]) -> set[str]:
+    """Processes that are workers: spawned ones run spawn_main; forked ones (relay.forkserver) keep
+    relay's command line, but their main thread's stacks run worker_main."""
+    out = set()
+    for line in lines:
+        frames = line.rpartition(" ")[0].split(";")
+        if "worker_main (" in line or any("spawn_main" in f for f in frames if _PROCESS.match(f)):
+            out.add(_process(frames))
+    return out
+
+
+def _thread(frames: list[str], workers: set[str] | None = None) -> str:
     """The process role and thread a sample's stack belongs to."""
-    worker = any("spawn_main" in f for f in frames[:2])
+    worker = any("spawn_main" in f for f in frames[:2]) or (workers is not None and _process(frames) in workers)
     names = "\n".join(frames)
     if worker:
         if "worker_main (" in names:
@@ -104,6 +121,8 @@ def _thread(frames: list[str]) -> str:
         if "_run_loop (" in names or "asyncio" in names:
             return "worker: driver I/O thread (row decoding)"
         return "worker: other threads"
+    if "multiprocessing/forkserver.py" in names:
+        return "forkserver: the workers' own imports (once)"
     if "Supervisor.run (" in names or "relay/cli.py" in names or "relay/__main__.py" in names:
         return "supervisor: main thread"
     return "supervisor: other threads (leases, driver, HTTP)"
@@ -126,7 +145,9 @@ def summarize(raw: Path, events: int, rate_hz: int = RATE_HZ, top: int = 15) -> 
     own: Counter = Counter()
     cumulative: Counter = Counter()
     total = 0
-    for line in raw.read_text(errors="replace").splitlines():
+    lines = raw.read_text(errors="replace").splitlines()
+    workers = _worker_processes(lines)
+    for line in lines:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -136,7 +157,7 @@ def summarize(raw: Path, events: int, rate_hz: int = RATE_HZ, top: int = 15) -> 
             continue
         full = stack.split(";")
         total += n
-        thread = _thread(full)
+        thread = _thread(full, workers)
         threads[thread] += n
         if thread == "worker: main thread":
             stages[_stage(frames)] += n

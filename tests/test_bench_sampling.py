@@ -42,6 +42,29 @@ def test_samples_become_microseconds_per_event_by_thread_stage_and_function(tmp_
     assert all("relay/" in name for name in cumulative)
 
 
+def test_forked_workers_are_told_from_the_supervisor_by_their_stacks(tmp_path):
+    """relay.forkserver: a worker keeps relay's command line (no spawn_main in its process frame); its
+    main thread's stacks run worker_main, and its other threads belong to it through its pid."""
+    sup = 'process 10:"python -m relay run --config r.toml"'
+    server = 'process 12:"python -m relay run --config r.toml"'
+    worker = 'process 13:"python -m relay run --config r.toml"'
+    fork = ("<module> (relay/__main__.py:4);main (relay/cli.py:55);_supervise (relay/commands/run.py:67);"
+            "worker_context (relay/forkserver.py:50);main (multiprocessing/forkserver.py:260)")
+    run = (fork + ";_serve_one (multiprocessing/forkserver.py:300);_main (multiprocessing/spawn.py:133);"
+           "worker_main (relay/worker.py:640);Worker.run (relay/worker.py:206)")
+    raw = tmp_path / "spy.raw"
+    raw.write_text("\n".join([
+        f"{sup};{server};{worker};{run};Mapper.map_pages (relay/mapping.py:106) 40",
+        f"{sup};{server};{worker};Thread.run (threading.py:982);"
+        "LibevLoop._run_loop (cassandra/io/libevreactor.py:101) 7",
+        f"{sup};{server};{fork};_find_and_load (<frozen importlib._bootstrap>:1176) 3",
+        f"{sup};<module> (relay/__main__.py:4);main (relay/cli.py:55);Supervisor.run (relay/supervisor.py:219) 6",
+    ]) + "\n")
+    threads = {r["name"]: r["samples"] for r in summarize(raw, events=1000, rate_hz=100)["threads"]}
+    assert threads == {"worker: main thread": 40, "worker: driver I/O thread (row decoding)": 7,
+                       "forkserver: the workers' own imports (once)": 3, "supervisor: main thread": 6}
+
+
 def test_the_sampler_attaches_to_a_process_and_keeps_its_samples_when_stopped_early(tmp_path):
     """The real py-spy on a busy interpreter: attached by pid, and stopped before its target exits
     (the timeout path: SIGINT makes py-spy write what it has; SIGTERM would lose it all)."""
