@@ -167,15 +167,16 @@ class Supervisor:
         from relay.discovery import Discovery
 
         self.metrics = metrics.SupervisorMetrics()
-        # Workers first: a worker's boot (a fresh interpreter, its imports, its own clients) takes
-        # longer than anything here, and it needs nothing from this process until its first Assign.
-        for slot in self.slots:
-            self._spawn(slot)
         self.session = None
         # Scylla and Kafka at once: each connection is mostly a wait on the network.
         connect.import_cql_driver()
         cql = connect.Pending(lambda: connect.cql_session(self.cfg), "cql-connect")
         try:
+            # Workers need nothing from this process until their first Assign. Starting one waits
+            # until the forkserver has imported the workers' modules (~0.2 s, once): the connection
+            # above is under way meanwhile.
+            for slot in self.slots:
+                self._spawn(slot)
             self._join_group(cql.failed)
             # What the first loop steps import, while the connections complete (the first start
             # and the first Assign wait on them otherwise): the retry library alone is ~0.1 s.
