@@ -94,6 +94,15 @@ def _function(frame: str) -> str:
     return _LINE.sub(")", frame)
 
 
+def _own_frames(frames: list[str]) -> list[str]:
+    """A process forked by relay.forkserver starts inside the frames its parent was in when it
+    forked (the supervisor's start): only what follows the forkserver's own frames is its work."""
+    for i in range(len(frames) - 1, -1, -1):
+        if "multiprocessing/forkserver.py" in frames[i]:
+            return frames[i + 1:] or frames[i:]
+    return frames
+
+
 def _process(frames: list[str]) -> str:
     """The sample's own process: the last `process PID:"cmdline"` frame py-spy put before its stack."""
     procs = [f for f in frames if _PROCESS.match(f)]
@@ -152,7 +161,7 @@ def summarize(raw: Path, events: int, rate_hz: int = RATE_HZ, top: int = 15) -> 
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [f for f in stack.split(";") if not _PROCESS.match(f)]
+        frames = _own_frames([f for f in stack.split(";") if not _PROCESS.match(f)])
         if not frames:
             continue
         full = stack.split(";")

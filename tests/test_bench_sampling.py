@@ -60,9 +60,17 @@ def test_forked_workers_are_told_from_the_supervisor_by_their_stacks(tmp_path):
         f"{sup};{server};{fork};_find_and_load (<frozen importlib._bootstrap>:1176) 3",
         f"{sup};<module> (relay/__main__.py:4);main (relay/cli.py:55);Supervisor.run (relay/supervisor.py:219) 6",
     ]) + "\n")
-    threads = {r["name"]: r["samples"] for r in summarize(raw, events=1000, rate_hz=100)["threads"]}
+    s = summarize(raw, events=1000, rate_hz=100)
+    threads = {r["name"]: r["samples"] for r in s["threads"]}
     assert threads == {"worker: main thread": 40, "worker: driver I/O thread (row decoding)": 7,
                        "forkserver: the workers' own imports (once)": 3, "supervisor: main thread": 6}
+    cumulative = {r["name"]: r["samples"] for r in s["relay_cumulative"]}
+    # The frames a forked process inherited (the supervisor's start) are not its work.
+    assert "_supervise (relay/commands/run.py)" not in cumulative and "worker_context (relay/forkserver.py)" \
+        not in cumulative, cumulative
+    assert cumulative["worker_main (relay/worker.py)"] == 40 and cumulative["Supervisor.run (relay/supervisor.py)"] == 6
+    stages = {r["name"]: r["samples"] for r in s["worker_main_stages"]}
+    assert stages == {"map rows to events": 40}
 
 
 def test_the_sampler_attaches_to_a_process_and_keeps_its_samples_when_stopped_early(tmp_path):
