@@ -233,8 +233,13 @@ class Config:
         if self.scylla.bypass_cache not in ("auto", "true", "false"):
             raise bad("scylla.bypass_cache", "must be auto, true or false")
         for key in ("relay_keyspace", "cdc_metadata_keyspace", "tablets_metadata_keyspace"):
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,47}", getattr(self.scylla, key)):
+            name = getattr(self.scylla, key)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,47}", name):
                 raise bad(f"scylla.{key}", "not a valid keyspace name")
+            if name != name.lower():
+                # relay writes these names unquoted, which CQL folds to lowercase: "Relay" would be
+                # created as relay, then looked up as Relay and not found.
+                raise bad(f"scylla.{key}", f"{name!r}: use lowercase ({name.lower()!r}); CQL folds unquoted names")
         if self.redis.on_outage not in ("fail-open", "pause"):
             raise bad("redis.on_outage", f"{self.redis.on_outage!r}: use fail-open or pause")
         if not self.redis.url.startswith(("redis://", "rediss://", "unix://")):

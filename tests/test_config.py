@@ -326,6 +326,7 @@ def test_tables_must_be_an_array(tmp_path):
     ("redis", "dedup_ttl_seconds", "0", "must be > 0"),
     ("scylla", "consistency", '"MOST"', "is not one of"),
     ("scylla", "relay_keyspace", '"my-relay"', "not a valid keyspace name"),
+    ("scylla", "relay_keyspace", '"Relay_Prod"', "'Relay_Prod': use lowercase ('relay_prod')"),
     ("scylla", "bypass_cache", '"sometimes"', "must be auto, true or false"),
     ("scylla", "contact_points", "[]", "required"),
     ("relay", "workers", "-1", "must be >= 0"),
