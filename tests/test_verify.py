@@ -120,6 +120,24 @@ def test_all_delivered_in_order(outbox):
     assert report.render().splitlines()[-1] == "OK"
 
 
+def test_a_topic_not_in_kafka_is_reported_and_never_created(outbox, kafka_bootstrap):
+    """verify asks Kafka about each expected topic by name, not for the whole cluster's list, as a
+    client that never asks the broker to create it: the stack's broker auto-creates topics (with
+    allow.auto.create.topics on, this test fails), and the check must not create what it reports."""
+    from confluent_kafka.admin import AdminClient
+
+    from relay.kafkameta import topic_partitions
+
+    cfg = outbox.cfg
+    absent = f"{outbox.topic_prefix}.never"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    exp = verify_cmd.Expectation(outbox.table, topics={absent, f"{outbox.topic_prefix}.order"})
+    got = verify_cmd.consume(cfg, outbox.table, exp, timeout=10)
+    assert got.missing_topics == [absent]
+    counts = topic_partitions(admin, [absent, f"{outbox.topic_prefix}.order"], 10)
+    assert counts == {absent: None, f"{outbox.topic_prefix}.order": 3}, "still absent; the real one has 3 partitions"
+
+
 def test_missing_event(outbox):
     gone = outbox.of("agg-2")[2]
     publish(outbox, [record(outbox, r) for r in outbox.rows if r != gone])

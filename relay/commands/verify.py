@@ -205,6 +205,7 @@ def consumer_config(cfg: Config) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
+        "allow.auto.create.topics": False,  # librdkafka's default for a consumer, said: verify only reads
         "client.id": "relay-verify",
         "logger": _OnceLogger(logging.getLogger("relay.verify.kafka")),
     }
@@ -251,10 +252,11 @@ def _partition_ends(consumer, topics: list[str], out: Delivered) -> dict[tuple[s
     """(topic, partition) → (low, high) watermarks for every partition with records."""
     from confluent_kafka import TopicPartition
 
-    metadata = consumer.list_topics(timeout=10)  # all topics: asking for one may auto-create it
     ends = {}
     for topic in topics:
-        meta = metadata.topics.get(topic)
+        # One topic per request, never the whole cluster's list (megabytes on a large cluster); the
+        # consumer never asks the broker to create what it names (allow.auto.create.topics).
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             out.missing_topics.append(topic)
             continue
