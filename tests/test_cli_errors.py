@@ -176,7 +176,7 @@ def test_config_check_against_the_stack_passes(keyspace, applied, kafka_bootstra
     lines = screen(res)
     assert [lines[k].split()[1] for k in ("scylla", "kafka", "redis")] == ["ok"] * 3, str(res)
     assert f"{keyspace}.outbox: vnodes, 1 generation(s)" in lines["scylla"]
-    assert kafka_bootstrap in lines["kafka"] and "broker(s)" in lines["kafka"]
+    assert kafka_bootstrap in lines["kafka"] and "1 broker(s), cluster " in lines["kafka"], lines["kafka"]
     assert "PONG" in lines["redis"]
 
 
