@@ -120,9 +120,9 @@ def _worker_processes(lines: list[str]) -> set[str]:
     return out
 
 
-def _thread(frames: list[str], workers: set[str] | None = None) -> str:
-    """The process role and thread a sample's stack belongs to."""
-    worker = any("spawn_main" in f for f in frames[:2]) or (workers is not None and _process(frames) in workers)
+def _thread(frames: list[str], workers: set[str]) -> str:
+    """The process role and thread a sample's stack belongs to (`workers`: see _worker_processes)."""
+    worker = _process(frames) in workers
     names = "\n".join(frames)
     if worker:
         if "worker_main (" in names:

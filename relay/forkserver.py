@@ -11,7 +11,7 @@ one thread and no client (nothing to inherit in a broken state: no lock held by 
 thread, no socket, no librdkafka instance); it then imports the worker's own modules, once.
 
 The forkserver is multiprocessing's, and so is its state (a module-level singleton of the
-standard library): `start` fills it as `ForkServer.ensure_running` would. Should the server die,
+standard library): `_fork_server` fills it in as `ForkServer.ensure_running` would. Should the server die,
 multiprocessing starts a fresh one the usual way; workers it forked notice that their parent
 changed and exit, as the supervisor reads them as dead.
 
@@ -58,8 +58,8 @@ def worker_context(preload: Sequence[str] = ()) -> BaseContext:
 
 
 def _understood() -> bool:
-    """The standard library's forkserver is the one this module fills in (CPython 3.11-3.13 on
-    Linux); anything else gets `spawn`, never a half-initialized server."""
+    """The standard library's forkserver has the shape this module fills in (checked on CPython
+    3.11, Linux); anything else gets `spawn`, never a half-initialized server."""
     import inspect
 
     if not hasattr(os, "fork") or "forkserver" not in mp.get_all_start_methods():

@@ -13,6 +13,7 @@ the supervisor dies.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -59,7 +60,9 @@ class Worker:
         self.ttl_by_table: dict[str, int] = {}
         self.stopping = False
         self.parent = os.getppid()
-        self._supervisor = _ParentWatch()
+        # A forked worker's parent process is the forkserver: the supervisor is multiprocessing's
+        # parent, watched through its sentinel (a pipe the supervisor's death closes).
+        self.supervisor = multiprocessing.parent_process()
         self.paused_until = 0.0
         self.assign_seq = 0
         self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
@@ -160,7 +163,7 @@ class Worker:
     def orphaned(self) -> bool:
         """The supervisor is gone (or the forkserver this worker came from: the supervisor reads its
         workers as dead then)."""
-        return os.getppid() != self.parent or self._supervisor.gone()
+        return os.getppid() != self.parent or (self.supervisor is not None and not self.supervisor.is_alive())
 
     def _mark_acked(self, events: list[OutboxEvent]) -> None:
         from relay.dedup import DedupUnavailable
@@ -593,24 +596,6 @@ class Worker:
         self._mark_acked([e for e, _, _ in failed])
 
 
-class _ParentWatch:
-    """The process that started this one, watched through multiprocessing's parent sentinel (a pipe
-    its death closes): a worker's parent process is the forkserver, not the supervisor."""
-
-    def __init__(self) -> None:
-        import multiprocessing
-        import select
-
-        parent = multiprocessing.parent_process()
-        self._poll = None
-        if parent is not None and parent.sentinel is not None:
-            self._poll = select.poll()
-            self._poll.register(parent.sentinel, select.POLLIN)
-
-    def gone(self) -> bool:
-        return self._poll is not None and bool(self._poll.poll(0))
-
-
 class ReadTooLarge(Exception):
     """A read brought more rows than a worker keeps in memory at once (relay.schedule.MAX_READ_ROWS)."""
 
@@ -639,23 +624,22 @@ def worker_main(index: int, cfg: Config, conn: Connection, until_us: int | None,
 
     from relay.errors import ConfigError, UserError
 
+    def give_up(error: BootError, code: int) -> None:
+        try:
+            conn.send(error)
+        except OSError:
+            pass
+        sys.exit(code)
+
     try:
         worker.boot()
     except (ConfigError, KafkaException, ValueError) as exc:
         # Configuration the worker cannot run with: restarting would only loop.
-        try:
-            conn.send(BootError(index, f"{exc.__class__.__name__}: {exc}"))
-        except OSError:
-            pass
-        sys.exit(EXIT_BOOT_ERROR)
+        give_up(BootError(index, f"{exc.__class__.__name__}: {exc}"), EXIT_BOOT_ERROR)
     except UserError as exc:
         # A service it cannot reach yet: one line, said by the supervisor as it restarts this worker
         # (or not at all, when the supervisor itself stops on the same error).
-        try:
-            conn.send(BootError(index, str(exc), fatal=False))
-        except OSError:
-            pass
-        sys.exit(1)
+        give_up(BootError(index, str(exc), fatal=False), 1)
     except Exception:  # noqa: BLE001 - e.g. Scylla briefly unreachable: the supervisor restarts us
         log.exception("worker %d: boot failed", index)
         sys.exit(1)

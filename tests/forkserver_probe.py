@@ -23,10 +23,14 @@ def burn(seconds: float) -> None:
 
 
 def until_orphaned(flag: str) -> None:
-    from relay.worker import _ParentWatch
+    import multiprocessing as mp
+    from types import SimpleNamespace
 
-    watch = _ParentWatch()
-    while not watch.gone():
+    from relay.worker import Worker
+
+    # Worker.orphaned itself, on the two facts it reads (a whole Worker needs the services).
+    facts = SimpleNamespace(parent=os.getppid(), supervisor=mp.parent_process())
+    while not Worker.orphaned(facts):
         time.sleep(0.05)
     with open(flag, "w") as fh:
         fh.write(str(os.getpid()))
