@@ -55,7 +55,10 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
     assert sampled["workers"] == int(cheapest) and sampled["samples"] > 0
     threads = {r["name"] for r in sampled["threads"]}
     assert {"worker: main thread", "supervisor: main thread"} <= threads, threads
-    assert any(r["name"].startswith("worker_main (") for r in sampled["relay_cumulative"]), sampled
+    # The worker's main-thread samples are split by stage. (Its functions need not make the top 15 of
+    # a 1,000-event drain, where the supervisor's start weighs as much: ties made that check flaky.)
+    assert sum(r["samples"] for r in sampled["worker_main_stages"]) == \
+        next(r["samples"] for r in sampled["threads"] if r["name"] == "worker: main thread") > 0
     md = (tmp_path / "latest.md").read_text()
     assert md.startswith("# relay benchmark results") and "## Where the per-event CPU goes (py-spy" in md
     assert (tmp_path / "throughput.png").stat().st_size > 1000
