@@ -39,7 +39,11 @@ from benchmarks.common import Stack, log
 
 DRAIN_S = 60.0  # after a point's load (and confidence + window): how long relay may take to publish the rest
 READS_METRIC = "relay_cql_read_duration_seconds_count"  # one observation per CQL window read
+READ_SECONDS_METRIC = "relay_cql_read_duration_seconds_sum"  # from sending a window's queries to its rows
+ACKS_METRIC = "relay_publish_latency_seconds_count"  # one observation per event acknowledged
+ACK_SECONDS_METRIC = "relay_publish_latency_seconds_sum"  # produce() to its delivery report
 CHECKPOINTS_METRIC = "relay_checkpoint_writes_total"
+METER_METRICS = (READS_METRIC, READ_SECONDS_METRIC, ACKS_METRIC, ACK_SECONDS_METRIC, CHECKPOINTS_METRIC)
 SETTLE_S = 2.0  # at least, after every task is caught up: one window + poll more, so each task has cycled once
 
 
@@ -59,15 +63,16 @@ def _get(port: int, path: str, timeout: float = 5.0) -> bytes | None:
         return None
 
 
-def _metric(port: int, name: str) -> float | None:
-    """Sum of a metric's samples on relay's /metrics; None if /metrics did not answer. A counter
-    nothing has incremented yet has no samples (multiprocess mode), so absent = 0 here; the run
-    records at its end whether each metric was seen at all (a renamed metric would read 0)."""
+def _metrics(port: int, names: tuple[str, ...]) -> dict[str, float | None]:
+    """Sum of each metric's samples on relay's /metrics (one scrape); None if /metrics did not answer.
+    A counter nothing has incremented yet has no samples (multiprocess mode), so absent = 0 here; the
+    run records at its end whether each metric was seen at all (a renamed metric would read 0)."""
     text = _get(port, "/metrics")
     if text is None:
-        return None
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
-               if line.startswith((name + "{", name + " ")))
+        return dict.fromkeys(names)
+    lines = text.decode().splitlines()
+    return {name: sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith((name + "{", name + " ")))
+            for name in names}
 
 
 def _caught_up(port: int, max_lag_s: float) -> tuple[bool, float | None]:
@@ -114,8 +119,10 @@ class _Meter:
             if p.role == "worker":
                 for k, v in sampler.thread_breakdown(p).items():
                     threads[k] += v
+        m = _metrics(self.port, METER_METRICS)
         return {"t": time.monotonic(), "cpu": sum(roles.values()), "roles": roles, "threads": threads,
-                "reads": _metric(self.port, READS_METRIC), "checkpoints": _metric(self.port, CHECKPOINTS_METRIC),
+                "reads": m[READS_METRIC], "read_s": m[READ_SECONDS_METRIC], "acks": m[ACKS_METRIC],
+                "ack_s": m[ACK_SECONDS_METRIC], "checkpoints": m[CHECKPOINTS_METRIC],
                 "machine": common.CpuSnapshot.take()}
 
     @staticmethod
@@ -126,11 +133,19 @@ class _Meter:
         def rate(key: str) -> float | None:
             return None if a[key] is None or b[key] is None else round((b[key] - a[key]) / dt, 1)
 
+        def mean_ms(total: str, count: str) -> float | None:
+            """Mean of a histogram over the interval: what one window read (or one ack) took, in ms."""
+            if any(x[k] is None for x in (a, b) for k in (total, count)) or b[count] <= a[count]:
+                return None
+            return round((b[total] - a[total]) / (b[count] - a[count]) * 1000, 1)
+
         cpu = b["cpu"] - a["cpu"]
         return {"seconds": round(dt, 1), "cpu_cores": round(cpu / dt, 3),
                 "cpu_cores_by_role": {k: round((b["roles"].get(k, 0.0) - v) / dt, 3) for k, v in a["roles"].items()},
                 "worker_thread_cores": {k: round((b["threads"][k] - v) / dt, 3) for k, v in a["threads"].items()},
                 "reads_per_s": rate("reads"), "checkpoints_per_s": rate("checkpoints"),
+                # Where a window's time goes at this load: its CQL read, then each event's produce → ack.
+                "read_mean_ms": mean_ms("read_s", "reads"), "ack_mean_ms": mean_ms("ack_s", "acks"),
                 "machine_cpu": a["machine"].until(b["machine"], cpu + extra_cpu_s)}
 
 

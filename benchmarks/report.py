@@ -271,17 +271,21 @@ def live_md(d: dict) -> list[str]:
         rows.append((f"{name}: {_fmt(p['asked_rate'])}/s asked", p["cost"]))
     if rows:
         lines += ["relay's own cost (all its processes, from /proc; reads = `relay_cql_read_duration_seconds_count`, "
-                  "checkpoints = `relay_checkpoint_writes_total`, both from relay's /metrics):", "",
-                  "| phase | s | relay cores | supervisor / workers cores | worker threads main / librdkafka / "
-                  "other cores | CQL reads/s | checkpoints/s | machine busy / services / measured / other cores |",
-                  "|---|---:|---:|---|---|---:|---:|---|"]
+                  "checkpoints = `relay_checkpoint_writes_total`, both from relay's /metrics; *read ms* = the mean "
+                  "of `relay_cql_read_duration_seconds` over the phase, a worker's wait for a window's rows, and "
+                  "*ack ms* the mean of `relay_publish_latency_seconds`, produce() to delivery report, per event):",
+                  "", "| phase | s | relay cores | supervisor / workers cores | worker threads main / librdkafka / "
+                  "other cores | CQL reads/s | read ms | ack ms | checkpoints/s | machine busy / services / "
+                  "measured / other cores |",
+                  "|---|---:|---:|---|---|---:|---:|---:|---:|---|"]
         for label, c in rows:
             r = c["cpu_cores_by_role"]
             t = c["worker_thread_cores"]
             lines.append(f"| {label} | {c['seconds']:.0f} | **{c['cpu_cores']:.3f}** | "
                          f"{r.get('supervisor', 0):.3f} / {r.get('worker', 0):.3f} | "
                          f"{t['main']:.3f} / {t['librdkafka']:.3f} / {t['other']:.3f} | "
-                         f"{_fmt(c['reads_per_s'], 1)} | {_fmt(c['checkpoints_per_s'], 1)} | "
+                         f"{_fmt(c['reads_per_s'], 1)} | {_fmt(c.get('read_mean_ms'), 1)} | "
+                         f"{_fmt(c.get('ack_mean_ms'), 1)} | {_fmt(c['checkpoints_per_s'], 1)} | "
                          f"{_cores(c.get('machine_cpu'))} |")
         lines += ["", "Under load, *measured* includes the loadgen processes (their CPU is in the point's table)."
                   + (f" **Not seen on relay's /metrics: {', '.join(live['metrics_missing'])}** (read as 0)."

@@ -33,6 +33,8 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
     points = data["details"]["live"]["points"]
     assert set(points) == {"half", "half_written", "low"}
     assert all(p["complete"] and p["loadgen_processes"] >= 1 and p["achieved_rate"] for p in points.values())
+    # where a window's time went at each point: its read and its events' acks (means from relay's histograms)
+    assert all(p["cost"]["read_mean_ms"] > 0 and p["cost"]["ack_mean_ms"] > 0 for p in points.values())
     # 'half_written' asks half of what the 'half' writers reached
     assert points["half_written"]["asked_rate"] == pytest.approx(points["half"]["achieved_rate"] / 2, rel=0.01)
     assert "latency_768_half_written_p99_s" in data
