@@ -467,6 +467,27 @@ class Delivered:
         return {h["id"]: int(h["cdc_time"]) for _, h, _ in self.records}
 
 
+def wait_topics_ready(bootstrap: str, topics, timeout: float = 30.0) -> None:
+    """Until every partition of each topic has a leader. CreateTopics answers once the controller
+    has the topic; the broker's metadata (and the partitions' leaders) may follow a moment later, and
+    a client asking then is told the topic is unknown or has no leader."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    pending = set(topics)
+    deadline = time.monotonic() + timeout
+    while pending:
+        md = admin.list_topics(timeout=10)
+        for name in list(pending):
+            t = md.topics.get(name)
+            if t is not None and t.error is None and t.partitions and \
+                    all(p.error is None and p.leader >= 0 for p in t.partitions.values()):
+                pending.discard(name)
+        if pending:
+            assert time.monotonic() < deadline, f"topics without leaders after {timeout}s: {sorted(pending)}"
+            time.sleep(0.1)
+
+
 def _high_watermark(consumer, part, timeout: float = 30.0) -> int:
     """The partition's end offset; a topic relay has just created may not have its leader yet."""
     from confluent_kafka import KafkaError, KafkaException

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import outbox_ddl, write_config
+from harness import outbox_ddl, wait_topics_ready, write_config
 
 from relay import config, timeuuid
 from relay.cli import main
@@ -75,6 +75,7 @@ def outbox(cql, keyspace, topic, kafka_bootstrap, tmp_path) -> VerifyCase:
                                    for kind in set(AGGREGATES.values())])
     for f in futures.values():
         f.result(30)
+    wait_topics_ready(kafka_bootstrap, futures)  # verify must find them: it was once told one was unknown
     path = write_config(tmp_path / "relay.toml", keyspace, topic=f"{topic}.{{aggregate_type}}")
     return VerifyCase(f"{keyspace}.outbox", path, topic, kafka_bootstrap, rows)
 

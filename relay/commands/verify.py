@@ -29,6 +29,8 @@ from relay.errors import UserError
 from relay.model import HEADER_ID, HEADER_SOURCE
 from relay.progress import Progress
 
+TOPIC_SETTLE_S = 10.0  # how long verify waits for a topic without a leader before calling it missing
+
 ProgressFactory = Callable[[int], Progress]  # total records to read -> a reporter
 
 SAMPLE = 10  # ids listed per problem in the JSON report
@@ -248,16 +250,32 @@ def _kafka_text(exc: Exception) -> str:
     return err.str() if hasattr(err, "str") else str(err)
 
 
+def _topic_metadata(consumer, topic: str):
+    """The topic's metadata, or None when Kafka does not know it. Asked for this topic alone, never
+    the whole cluster's list (megabytes on a large cluster); the consumer never asks the broker to
+    create what it names (allow.auto.create.topics). A topic whose leader is being elected (just
+    created, or a broker restarting) is waited out for a few seconds, not reported missing."""
+    from confluent_kafka import KafkaError
+
+    unknown = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+    deadline = time.monotonic() + TOPIC_SETTLE_S
+    while True:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is not None and meta.error is None:
+            return meta
+        if meta is None or meta.error.code() in unknown or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
 def _partition_ends(consumer, topics: list[str], out: Delivered) -> dict[tuple[str, int], tuple[int, int]]:
     """(topic, partition) → (low, high) watermarks for every partition with records."""
     from confluent_kafka import TopicPartition
 
     ends = {}
     for topic in topics:
-        # One topic per request, never the whole cluster's list (megabytes on a large cluster); the
-        # consumer never asks the broker to create what it names (allow.auto.create.topics).
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
+        meta = _topic_metadata(consumer, topic)
+        if meta is None:
             out.missing_topics.append(topic)
             continue
         for partition in meta.partitions:
