@@ -12,16 +12,16 @@ def summary(results: dict) -> dict:
     relay_runs = results.get("relay", {})
     # Each worker count's figures: the medians of its drains (one drain each in older result files).
     drains = results.get("relay_drains") or {w: [r] for w, r in relay_runs.items()}
-    rates = {str(w): _median([d["events_per_s"] for d in ds]) for w, ds in drains.items()}
+    rates = {str(w): median([d["events_per_s"] for d in ds]) for w, ds in drains.items()}
     best_w, best = max(rates.items(), key=lambda kv: kv[1]) if rates else (None, None)
-    cpu = {str(w): _median([d["cpu_us_per_event"] for d in ds]) for w, ds in drains.items()}
+    cpu = {str(w): median([d["cpu_us_per_event"] for d in ds]) for w, ds in drains.items()}
     cheapest_w = min(cpu, key=cpu.get) if cpu else None
     raw_read = results.get("raw_read", {}).get("events_per_s")
     raw_produce = results.get("raw_produce", {}).get("events_per_s")
-    naive = _median([r["events_per_s"] for r in results.get("naive_runs") or [results.get("naive", {})]
+    naive = median([r["events_per_s"] for r in results.get("naive_runs") or [results.get("naive", {})]
                      if r.get("events_per_s")])
     events = results.get("backlog", {}).get("events")
-    spans = {str(w): _median([round(events / d["publish_span_s"], 1) for d in ds if d.get("publish_span_s")])
+    spans = {str(w): median([round(events / d["publish_span_s"], 1) for d in ds if d.get("publish_span_s")])
              for w, ds in drains.items()} if events else {}
     span_best = max((v for v in spans.values() if v), default=None)
     live = results.get("live", {})
@@ -33,7 +33,7 @@ def summary(results: dict) -> dict:
     at_768 = shape.get("vnodes") == 768
     disc = results.get("discovery", {})
     sup = results.get("supervisor_loop", {})
-    redis_per_event = _median([r.get("redis_bytes_per_event") for r in relay_runs.values()])
+    redis_per_event = median([r.get("redis_bytes_per_event") for r in relay_runs.values()])
     out = {
         "relay_events_per_s": rates,
         "relay_best_workers": int(best_w) if best_w else None,
@@ -123,7 +123,7 @@ def _point_keys(prefix: str, p: dict) -> dict:
             f"{prefix}_steady": p.get("steady")}
 
 
-def _median(values):
+def median(values):
     xs = sorted(v for v in values if v is not None)
     if not xs:
         return None
