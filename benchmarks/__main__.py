@@ -275,9 +275,9 @@ def _drain_figures(r: dict) -> dict:
 
 
 def _pick_workers(results: dict, key: str, pick) -> int | None:
-    """The worker count whose drains' median `key` is the least or the most (`pick`): the medians
-    the report's summary ranks by, so a run's profiled and what-if drains use its headline counts
-    (the median-CPU drain's own events/s, or a lower middle of two, ranked differently)."""
+    """The worker count whose drains' median `key` is the least or the most (`pick`), by the same
+    medians the report's summary ranks counts by: the profiled and what-if drains then run at the
+    counts the summary names."""
     from benchmarks.report import median
 
     drains = results.get("relay_drains") or {}
