@@ -49,8 +49,7 @@ MAX_READ_EVENTS = 20_000
 # burst, or a first read after a long outage) is cut off here and handed back (`too_big`).
 MAX_READ_ROWS = 4 * MAX_READ_EVENTS
 BACKOFF_MAX_S = 10.0
-QUIET_AFTER_S = 2.0  # a task whose reads found nothing for this long (of CDC time) polls on the quiet grid
-QUIET_GRID_FACTOR = 2  # the quiet grid is this many live grid steps: half the queries of a silent cluster
+LATE_FRACTION = 0.2  # planned this far into a grid step (a fifth of it), a live window ends at the newest readable ms
 
 
 @dataclass
@@ -66,7 +65,6 @@ class TaskState:
     last_error: str = ""
     saved_us: int | None = None  # position last written to the checkpoint table
     goal_us: int | None = None  # where it stops: its generation's end or the run's --until
-    active_until_us: int = 0  # CDC time up to which it counts as active: its read's last events + QUIET_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -100,10 +98,6 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.grid_us = max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
-        # Tasks whose reads keep finding nothing move to a grid twice as coarse: a silent cluster costs
-        # half the queries, while any read that finds an event puts all its tasks back on the live grid.
-        # Both grids are aligned, so quiet tasks still share their windows with each other.
-        self.quiet_grid_us = self.grid_us * QUIET_GRID_FACTOR
 
     # ------------------------------------------------------------ facts in
     def assign(self, tasks: Iterable[Task], now_us: int) -> list[TaskState]:
@@ -142,14 +136,9 @@ class Schedule:
         end = read.end_us
         limit = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
         caught_up = end >= limit
-        # A merged read's events keep all its tasks live: traffic spread thinly over many vnodes must
-        # not push each of them to the quiet grid.
-        found = any(events.values())
-        due = due_quiet = now_us
-        if caught_up:  # the next grid point; else at once
+        due = now_us  # at once; the next grid point when caught up
+        if caught_up:
             due = windows.next_readable_at(end, self.confidence_s, self.clock_ahead_s, self.grid_us)
-            due_quiet = windows.next_readable_at(end, self.confidence_s, self.clock_ahead_s, self.quiet_grid_us)
-        quiet_after = int(QUIET_AFTER_S * 1_000_000)
         for key in read.keys:
             st = self.states.get(key)
             if st is None:
@@ -160,8 +149,6 @@ class Schedule:
                 continue
             n = events.get(key, 0)
             st.position_us, st.last_events = end, n
-            if found or not st.active_until_us:
-                st.active_until_us = end + quiet_after
             if st.failures:
                 st.failures, st.last_error = 0, ""
             if n or st.window_s < self.window_s * windows.CATCH_UP_GROWTH:
@@ -170,7 +157,7 @@ class Schedule:
                 st.finished = True
             self._moved_now(st, now_us)  # a finished task is urgent: the generation barrier waits on it
             if not st.finished:
-                self._push(key, due if end < st.active_until_us else due_quiet)
+                self._push(key, due)
 
     def failed(self, read: Read, error: str, now_us: int, timed_out: bool = False) -> None:
         for key in read.keys:
@@ -220,22 +207,27 @@ class Schedule:
         groups: dict[Hashable, tuple[int, list[TaskState]]] = {}  # group key -> (window end, tasks)
         order: list[Hashable] = []
         limit_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
-        quiet_limit_us = limit_us - limit_us % self.quiet_grid_us
+        # Planned well past its grid point (the loop was busy, or the last read was slow): a live
+        # window ends at the newest readable instant, not at the grid point before it, which would
+        # leave up to a grid step of readable rows for one more round trip. At most one read per
+        # grid step still: the next one is due at the next grid point, where the windows realign.
+        exact_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, 1000)
+        if exact_us - limit_us > self.grid_us * LATE_FRACTION:
+            limit_us = exact_us
         heap, states = self._heap, self.states
         while heap and heap[0][0] <= now_us:
             due, _, key = heapq.heappop(heap)
             st = states.get(key)
             if st is None or st.busy or st.finished or st.position_us is None or st.due_us != due:
                 continue  # a stale heap entry
-            quiet = st.position_us >= st.active_until_us > 0
-            end = windows.window_end(st.position_us, st.window_s, quiet_limit_us if quiet else limit_us, st.goal_us)
+            end = windows.window_end(st.position_us, st.window_s, limit_us, st.goal_us)
             if end is None:
                 if st.goal_us is not None and st.position_us >= st.goal_us:
                     st.finished = True
                     self._moved_now(st, now_us)
                 else:
                     self._push(key, windows.next_readable_at(st.position_us, self.confidence_s, self.clock_ahead_s,
-                                                             self.quiet_grid_us if quiet else self.grid_us))
+                                                             self.grid_us))
                 continue
             t = st.task
             if st.last_events < LIGHT_EVENTS:  # light, or not read yet
