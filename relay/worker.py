@@ -37,6 +37,7 @@ MAX_INFLIGHT = 8  # window reads on the wire per worker (each up to twenty IN qu
 BEAT_INTERVAL_S = 1.0
 TTL_WARN_EVERY_S = 300.0
 START_RETRY_S = 2.0
+CHECKPOINT_RETRY_S = 2.0  # after a failed periodic save (its positions stay in memory until one succeeds)
 # What only a worker imports (at boot): relay.forkserver imports it once, for every worker it forks.
 PRELOAD = ("redis", "pybreaker", "stamina.instrumentation", "relay.checkpoints", "relay.deadletters", "relay.dedup",
            "relay.heap", "relay.mapping", "relay.parking", "relay.positions", "relay.publisher", "relay.reader",
@@ -66,6 +67,8 @@ class Worker:
         self.paused_until = 0.0
         self.assign_seq = 0
         self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
+        self._saving = None  # the periodic checkpoint save in flight: (PendingSave, rows, any task finished)
+        self._save_retry_at = 0.0
         self._start_retry_at = 0.0
         self._send_lock = threading.Lock()
         self._progress_at = time.monotonic()
@@ -396,9 +399,14 @@ class Worker:
         return cached[1]
 
     def _write_checkpoints(self, rows: list[tuple[Task, int]]) -> None:
+        """Awaited, with retries: a revoke or a stop must leave the next owner these positions."""
         from relay.retry import cql_errors
 
+        self._settle_save(block=True)  # the periodic save in flight lands first
         self.retrier.call("checkpoint_write", cql_errors(), self.checkpoints.save_many, rows)
+        self._saved(rows)
+
+    def _saved(self, rows: list[tuple[Task, int]]) -> None:
         self.schedule.saved(rows, now_us())
         by_table: dict[str, int] = {}
         for task, _ in rows:
@@ -406,25 +414,50 @@ class Worker:
         for table, n in by_table.items():
             self.metrics.checkpoint_writes.labels(table).inc(n)
 
-    def _save_due(self, force: bool = False) -> None:
-        rows = self.schedule.checkpoints(now_us(), force)
+    def _settle_save(self, block: bool) -> bool:
+        """Take the answer of the periodic save in flight, if it came (or wait for it when `block`).
+        True when none is in flight any more."""
+        if self._saving is None:
+            return True
+        pending, rows, finished = self._saving
+        if not (block or pending.done()):
+            return False
+        self._saving = None
+        try:
+            pending.wait()
+        except Exception as exc:  # noqa: BLE001 - the positions stay unsaved in memory: written at the next attempt
+            log.warning("writing %d checkpoints failed: %s: %s", len(rows), exc.__class__.__name__, exc)
+            self._save_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
+            return True
+        self._saved(rows)
+        if finished:
+            self._report()  # the supervisor's generation barrier is waiting on these
+        return True
+
+    def _save_due(self) -> None:
+        """Send the positions the schedule says are due, without waiting for them (one save in flight
+        at most): the loop goes on reading and publishing meanwhile."""
+        if not self._settle_save(block=False) or time.monotonic() < self._save_retry_at:
+            return
+        rows = self.schedule.checkpoints(now_us())
         if not rows:
             return
         finished = any(self.schedule.states[t.key].finished for t, _ in rows)
         try:
-            self._write_checkpoints(rows)
-        except Exception as exc:  # noqa: BLE001 - kept in memory and written at the next attempt
+            self._saving = (self.checkpoints.start_save(rows), rows, finished)
+        except Exception as exc:  # noqa: BLE001 - e.g. no host available: try again shortly
             log.warning("writing %d checkpoints failed: %s: %s", len(rows), exc.__class__.__name__, exc)
-            return
-        if finished:
-            self._report()  # the supervisor's generation barrier is waiting on these
+            self._save_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
 
     def save_all(self) -> None:
-        """On a graceful stop: every position not yet saved."""
+        """On a graceful stop: every position not yet saved, awaited."""
         try:
-            self._save_due(force=True)
-        except Exception:  # noqa: BLE001 - the next start re-reads those windows; dedup drops them
-            log.warning("final checkpoints failed")
+            self._settle_save(block=True)
+            rows = self.schedule.checkpoints(now_us(), force=True)
+            if rows:
+                self._write_checkpoints(rows)
+        except Exception as exc:  # noqa: BLE001 - the next start re-reads those windows; dedup drops them
+            log.warning("final checkpoints failed: %s: %s", exc.__class__.__name__, exc)
 
     # ---------------------------------------------------------------- one read
     def _pause(self, seconds: float) -> None:

@@ -33,3 +33,24 @@ def test_a_failed_write_raises(cql, relay_config):
     cql.execute(f"DROP TABLE {ks}.checkpoints", timeout=60)
     with pytest.raises(Exception, match="checkpoints"):
         store.save_many(rows_of(10))
+
+
+def test_a_save_in_flight_is_answered_later_and_read_back(cql, relay_config):
+    cfg = config.load(relay_config())
+    store = CheckpointStore(cql, cfg.scylla.relay_keyspace, "replica/w1")
+    rows = rows_of(BATCH_ROWS + 1)
+    pending = store.start_save(rows)
+    pending.wait()
+    assert pending.done(), "every batch's answer was counted"
+    assert store.load("shop.outbox", GEN) == {t.task_id: p for t, p in rows}
+
+
+def test_a_failed_save_in_flight_raises_once_every_batch_is_answered(cql, relay_config):
+    cfg = config.load(relay_config())
+    ks = cfg.scylla.relay_keyspace
+    store = CheckpointStore(cql, ks, "replica/w0")
+    cql.execute(f"DROP TABLE {ks}.checkpoints", timeout=60)
+    pending = store.start_save(rows_of(2 * BATCH_ROWS))
+    with pytest.raises(Exception, match="checkpoints"):
+        pending.wait()
+    assert pending.done()
