@@ -355,12 +355,29 @@ def _latency(stack: Stack, topic: str, p: dict, shape: dict) -> dict:
         "cost": cost,
         "relay_cpu_us_per_event": round(cost["cpu_cores"] * cost["seconds"] / max(events, 1) * 1e6, 1),
         "measure": "broker LogAppendTime - cdc_time header",
+        "slow_seconds": _slow_seconds(rep.latencies_s, pct["p99"]),
     }
     log(f"live {topic}: asked {load.asked_rate:,.0f}/s, achieved {_show_rate(out['achieved_rate'])} "
         f"({load.processes} loadgen process(es)); p50 {_show(pct['p50'])} p99 {_show(pct['p99'])} (confidence "
         f"{conf}s); p50 first/last quarter {_show(out['p50_first_quarter_s'])}/{_show(out['p50_last_quarter_s'])} "
         f"({'steady' if out['steady'] else 'NOT keeping up'}); delivered {rep.distinct_ids:,}/{events:,}")
     return out
+
+
+def _slow_seconds(latencies: list[tuple[float, float]], p99: float | None, top: int = 10) -> dict:
+    """Where the tail comes from: the write seconds holding the events slower than the p99, worst
+    first. A few seconds holding most of them point at stalls (a flush, a pause); many seconds
+    holding one or two each, at every window's spread."""
+    if not latencies or p99 is None or p99 == math.inf:
+        return {}
+    t0 = min(t for t, _ in latencies)
+    slow: dict[int, list[float]] = {}
+    for t, x in latencies:
+        if x > p99:
+            slow.setdefault(int(t - t0), []).append(x)
+    worst = sorted(slow.items(), key=lambda kv: -len(kv[1]))[:top]
+    return {"seconds_with_slow_events": len(slow), "events_slower_than_p99": sum(len(v) for v in slow.values()),
+            "worst": [{"second": sec, "events": len(v), "max_s": round(max(v), 3)} for sec, v in worst]}
 
 
 def _r(x: float | None) -> float | None:

@@ -9,6 +9,11 @@ prints one JSON line: events written and the first/last write timestamps (µs, =
 Children of one load get disjoint aggregates (`agg-<part>-NNNNNN`), so per-aggregate order
 holds across them as within one. `run_load` starts several at rate R/n each and sums them.
 
+Children start writing together: each boots (imports, connects, prepares), says so with a file,
+and waits for the parent's start time. Booting costs a child about a second of CPU, and the
+database authenticates its connections; a child that started writing first would have its
+events' latency measured while its siblings still boot beside relay.
+
 Children run at a lower CPU priority (nice LOADGEN_NICE): they stand in for the application's
 writers, which in production run on machines of their own. On this 2-core box an emulated write
 costs the writer ~0.5 ms of CPU, so at full priority the writers take the CPU the measured relay
@@ -30,6 +35,8 @@ from pathlib import Path
 from benchmarks import common
 
 LOADGEN_NICE = 10
+START_TIMEOUT_S = 120.0  # for every child to boot
+START_DELAY_S = 0.1  # from the last child ready to the common start: they poll for it every 10 ms
 
 
 @dataclass
@@ -79,17 +86,23 @@ def run_load(config: Path, table: str, *, rate: float, seconds: float, aggregate
     env.pop("BENCH_PROFILE", None)  # the load is not what is profiled
     children = []
     t0 = time.monotonic()
+    go_file = workdir / f"loadgen-{tag}.go"
+    readies = [workdir / f"loadgen-{tag}-{part}.ready" for part in range(processes)]
+    for stale in (go_file, *readies):  # an earlier load of the same tag
+        stale.unlink(missing_ok=True)
     for part in range(processes):
         cmd = [common.python(), "-m", "benchmarks.loadproc", "--config", str(config), "--table", table,
                "--rate", str(rate / processes), "--seconds", str(seconds),
                "--aggregates", str(max(1, aggregates // processes)), "--part", str(part),
                "--payload-bytes", str(payload_bytes), "--aggregate-type", aggregate_type,
-               "--concurrency", str(concurrency)]
+               "--concurrency", str(concurrency), "--ready-file", str(readies[part]),
+               "--go-file", str(go_file)]
         log_path = workdir / f"loadgen-{tag}-{part}.log"
         err = open(log_path, "wb")  # noqa: SIM115 - closed once the child has exited
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=common.REPO, env=env,
                                 start_new_session=True)
         children.append((proc, err, log_path))
+    _start_together([(proc, ready) for (proc, _err, _log), ready in zip(children, readies, strict=True)], go_file)
     parts: list[dict] = []
     cpu = 0.0
     failures = []
@@ -116,6 +129,29 @@ def run_load(config: Path, table: str, *, rate: float, seconds: float, aggregate
     lasts = [p["last_us"] for p in parts if p.get("last_us")]
     return LoadResult(rate, processes, sum(p["events"] for p in parts), min(firsts, default=None),
                       max(lasts, default=None), cpu, wall, parts)
+
+
+def _start_together(children: list[tuple[subprocess.Popen, Path]], go_file: Path) -> None:
+    """Once every child is ready (or has exited: its failure is reported from its exit code), write
+    the start time they all wait for."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if all(ready.exists() or proc.poll() is not None for proc, ready in children):
+            break
+        time.sleep(0.02)
+    tmp = go_file.with_suffix(".tmp")
+    tmp.write_text(repr(time.time() + START_DELAY_S))
+    tmp.rename(go_file)  # whole, at once: a child never reads half a number
+
+
+def _wait_for_start(ready_file: Path, go_file: Path) -> None:
+    ready_file.touch()
+    deadline = time.monotonic() + START_TIMEOUT_S + 10
+    while not go_file.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no start time in {go_file} after {START_TIMEOUT_S + 10:.0f}s")
+        time.sleep(0.01)
+    time.sleep(max(0.0, float(go_file.read_text()) - time.time()))
 
 
 # --------------------------------------------------------------------------- the child
@@ -170,6 +206,15 @@ def child(args: argparse.Namespace) -> dict:
         return batch
 
     loadgen.plan = plan
+    if args.go_file:
+        real_shape_of = loadgen.shape_of
+
+        def shape_of(*a, **kw):  # loadgen's last step before its clock starts: connected, prepared
+            shape = real_shape_of(*a, **kw)
+            _wait_for_start(Path(args.ready_file), Path(args.go_file))
+            return shape
+
+        loadgen.shape_of = shape_of
     cfg = relay_config.load(args.config)
     sink = _Deadline(args.seconds)
     planned = max(1, int(args.rate * args.seconds * 1.2) + 10)
@@ -199,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aggregate-type", default="order")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--nice", type=int, default=LOADGEN_NICE, help="CPU niceness increment of this writer")
+    p.add_argument("--ready-file", help="created once booted (with --go-file)")
+    p.add_argument("--go-file", help="wait for this file, then start writing at the time it holds")
     out = child(p.parse_args(argv))
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
