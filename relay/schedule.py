@@ -285,6 +285,10 @@ class Schedule:
                 rows += [(self.states[k].task, self.states[k].position_us) for k in sorted(moved)]
         return rows
 
+    def urgent(self) -> bool:
+        """A task reached its generation's end (or the run's goal) and its position is not saved yet."""
+        return bool(self._urgent)
+
     def saved(self, rows: Iterable[tuple[Task, int]], now_us: int) -> None:
         for task, position in rows:
             st = self.states.get(task.key)

@@ -67,7 +67,7 @@ class Worker:
         self.paused_until = 0.0
         self.assign_seq = 0
         self._checkpoint_cache: dict[tuple[str, int], tuple[float, dict[int, int]]] = {}
-        self._saving = None  # the periodic checkpoint save in flight: (PendingSave, rows, any task finished)
+        self._saving = None  # the periodic checkpoint save in flight: (PendingSave, its rows)
         self._save_retry_at = 0.0
         self._start_retry_at = 0.0
         self._send_lock = threading.Lock()
@@ -419,7 +419,7 @@ class Worker:
         True when none is in flight any more."""
         if self._saving is None:
             return True
-        pending, rows, finished = self._saving
+        pending, rows = self._saving
         if not (block or pending.done()):
             return False
         self._saving = None
@@ -430,21 +430,28 @@ class Worker:
             self._save_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             return True
         self._saved(rows)
-        if finished:
-            self._report()  # the supervisor's generation barrier is waiting on these
         return True
 
     def _save_due(self) -> None:
         """Send the positions the schedule says are due, without waiting for them (one save in flight
-        at most): the loop goes on reading and publishing meanwhile."""
+        at most): the loop goes on reading and publishing meanwhile. A task that reached its
+        generation's end is the exception: its position is written and awaited in the loop turn that
+        finished it, before any report says so, since the supervisor's generation barrier acts on it."""
+        if self.schedule.urgent():
+            try:
+                self._write_checkpoints(self.schedule.checkpoints(now_us()))
+            except Exception as exc:  # noqa: BLE001 - kept in memory and written at the next attempt
+                log.warning("writing checkpoints failed: %s: %s", exc.__class__.__name__, exc)
+                return
+            self._report()  # the supervisor's generation barrier is waiting on these
+            return
         if not self._settle_save(block=False) or time.monotonic() < self._save_retry_at:
             return
         rows = self.schedule.checkpoints(now_us())
         if not rows:
             return
-        finished = any(self.schedule.states[t.key].finished for t, _ in rows)
         try:
-            self._saving = (self.checkpoints.start_save(rows), rows, finished)
+            self._saving = (self.checkpoints.start_save(rows), rows)
         except Exception as exc:  # noqa: BLE001 - e.g. no host available: try again shortly
             log.warning("writing %d checkpoints failed: %s: %s", len(rows), exc.__class__.__name__, exc)
             self._save_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
