@@ -49,7 +49,7 @@ MAX_READ_EVENTS = 20_000
 # burst, or a first read after a long outage) is cut off here and handed back (`too_big`).
 MAX_READ_ROWS = 4 * MAX_READ_EVENTS
 BACKOFF_MAX_S = 10.0
-LATE_FRACTION = 0.2  # planned this far into a grid step (a fifth of it), a live window ends at the newest readable ms
+LATE_FRACTION = 0.2  # planned this far past its grid point or more, a live window ends on a grid this much finer
 
 
 @dataclass
@@ -98,6 +98,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.grid_us = max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
+        self.late_grid_us = max(1000, int(self.grid_us * LATE_FRACTION) // 1000 * 1000)
 
     # ------------------------------------------------------------ facts in
     def assign(self, tasks: Iterable[Task], now_us: int) -> list[TaskState]:
@@ -208,12 +209,13 @@ class Schedule:
         order: list[Hashable] = []
         limit_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.grid_us)
         # Planned well past its grid point (the loop was busy, or the last read was slow): a live
-        # window ends at the newest readable instant, not at the grid point before it, which would
-        # leave up to a grid step of readable rows for one more round trip. At most one read per
-        # grid step still: the next one is due at the next grid point, where the windows realign.
-        exact_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, 1000)
-        if exact_us - limit_us > self.grid_us * LATE_FRACTION:
-            limit_us = exact_us
+        # window ends on the newest point of a finer grid (a fifth of a step), not at the grid point
+        # before it, which would leave up to a step of readable rows for one more round trip. Tasks
+        # planned in separate calls within one fine step still share an end (and merge again). At most
+        # one read per grid step still: the next is due at the next grid point, where windows realign.
+        fine_us = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.late_grid_us)
+        if fine_us - limit_us >= self.late_grid_us:
+            limit_us = fine_us
         heap, states = self._heap, self.states
         while heap and heap[0][0] <= now_us:
             due, _, key = heapq.heappop(heap)

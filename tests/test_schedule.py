@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from relay import windows
 from relay.model import Task
-from relay.schedule import LIGHT_EVENTS, MAX_READ_EVENTS, MAX_READ_STREAMS, UNKNOWN_EVENTS, Schedule
+from relay.schedule import LIGHT_EVENTS, MAX_READ_EVENTS, MAX_READ_STREAMS, UNKNOWN_EVENTS, Read, Schedule
 
 S = 1_000_000
 NOW = 1_800_000_000 * S  # a fixed wall clock, µs
@@ -302,10 +302,10 @@ def test_a_late_plan_reads_up_to_the_newest_readable_instant_then_realigns():
         sch.done(r, {}, on_time)
     late = sch.next_due_us() + 120_007  # e.g. the last read was slow: half a step late
     reads = sch.plan(late, 10)
-    newest = (late - 10 * S) // 1000 * 1000
-    assert newest > live + 2 * grid
+    newest = live + 2 * grid + 2 * sch.late_grid_us  # the newest point of the fine grid (a fifth of a step)
+    assert sch.late_grid_us == grid // 5 and late - 10 * S - newest < sch.late_grid_us
     assert [(r.start_us, r.end_us) for r in reads] == [(live + grid, newest)], \
-        "late: one read, all tasks, up to the newest readable millisecond"
+        "late: one read, all tasks, up to the newest readable point of the fine grid"
     assert len(reads[0].keys) == 4
     for r in reads:
         sch.done(r, {}, late)
@@ -321,6 +321,22 @@ def test_a_plan_a_little_late_keeps_the_grid_point():
     live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
     started(sch, ts, live - sch.grid_us)
     drain(sch, NOW)
-    slightly = sch.next_due_us() + int(sch.grid_us * 0.2)  # not past LATE_FRACTION of a step
+    slightly = sch.next_due_us() + sch.late_grid_us - 1000  # less than LATE_FRACTION of a step late
     reads = sch.plan(slightly, 10)
     assert [r.end_us for r in reads] == [live + sch.grid_us]
+
+
+def test_tasks_of_one_group_planned_apart_within_a_fine_step_share_a_late_end():
+    sch = schedule()
+    ts = tasks(4)
+    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
+    started(sch, ts, live - sch.grid_us)
+    drain(sch, NOW)
+    late = sch.next_due_us() + 2 * sch.late_grid_us + 3_000
+    first = sch.plan(late, 10)
+    (a,) = first
+    # Half the tasks come back at once (e.g. a release), planned alone 20 ms later: the same end.
+    half = Read(a.table, a.generation_us, a.start_us, a.end_us, a.keys[:2], ())
+    sch.released(half, late)
+    (b,) = sch.plan(late + 20_000, 10)
+    assert b.keys == a.keys[:2] and b.end_us == a.end_us
