@@ -128,11 +128,12 @@ def test_log_table_has_scylla_columns(cql, emulator, keyspace):
     assert cols["notes"][0] == "frozen<map<timeuuid, text>>"
     assert cols["cdc$deleted_elements_notes"][0] == "frozen<set<timeuuid>>"
     assert "cdc$deleted_aggregate_id" not in cols
-    props = cql.execute("SELECT gc_grace_seconds, compaction, caching FROM system_schema.tables "
+    props = cql.execute("SELECT gc_grace_seconds, compaction, caching, compression FROM system_schema.tables "
                         "WHERE keyspace_name = %s AND table_name = 'outbox_scylla_cdc_log'", (keyspace,)).one()
     assert props.gc_grace_seconds == 0
     assert "TimeWindowCompactionStrategy" in props.compaction["class"]
     assert props.caching["keys"] == "NONE"
+    assert "LZ4Compressor" in props.compression["class"] and props.compression["chunk_length_in_kb"] == "4"
 
 
 # ---------------------------------------------------------------------------- writes

@@ -416,7 +416,9 @@ class CdcEmulator:
             if c.collection:
                 cols.append(f"{_q('cdc$deleted_elements_' + c.name)} {_deleted_elements_type(c)}")
         window_minutes = max(1, -(-table.ttl // 24 // 60)) if table.ttl else 60
-        # Scylla's create_log_schema: TWCS, gc_grace 0 with a TTL, caching off.
+        # Scylla's create_log_schema: TWCS, gc_grace 0 with a TTL, caching off; compression is Scylla's
+        # table default, LZ4 in 4 KiB chunks (Cassandra's default chunk is 16 KiB: every window read of
+        # a freshly flushed sstable would decompress four times what Scylla does, per stream).
         self.session.execute(
             f"CREATE TABLE IF NOT EXISTS {table.keyspace}.{_q(table.log_name)} ({', '.join(cols)}, "
             f'PRIMARY KEY (("cdc$stream_id"), "cdc$time", "cdc$batch_seq_no")) '
@@ -424,6 +426,7 @@ class CdcEmulator:
             f"'compaction_window_size': {window_minutes}}} "
             f"AND gc_grace_seconds = {0 if table.ttl else 864000} "
             f"AND caching = {{'keys': 'NONE', 'rows_per_partition': 'NONE'}} "
+            f"AND compression = {{'class': 'LZ4Compressor', 'chunk_length_in_kb': 4}} "
             f"AND comment = 'CDC log for {table.qualified} (relay.testing emulation of Scylla)'")
         self._prepare_key(table)
 
