@@ -288,12 +288,17 @@ def test_a_read_too_large_sends_its_tasks_alone_and_a_lone_one_narrower():
     assert all(sch.states[r.keys[0]].failures == 0 for r in alone), "not counted as a failure"
 
 
-def test_a_late_plan_reads_up_to_the_newest_readable_instant_then_realigns():
+def caught_up(n: int) -> tuple[Schedule, int]:
+    """n light tasks whose windows end at the current grid point (returned), due at the next."""
     sch = schedule()
-    ts = tasks(4)
     live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
-    started(sch, ts, live - sch.grid_us)
-    drain(sch, NOW)  # light and caught up at `live`
+    started(sch, tasks(n), live - sch.grid_us)
+    drain(sch, NOW)
+    return sch, live
+
+
+def test_a_late_plan_reads_up_to_the_newest_fine_grid_point_then_realigns():
+    sch, live = caught_up(4)
     grid = sch.grid_us
     on_time = sch.next_due_us() + 3_000  # the loop's usual few ms after the grid point
     reads = sch.plan(on_time, 10)
@@ -316,22 +321,14 @@ def test_a_late_plan_reads_up_to_the_newest_readable_instant_then_realigns():
 
 
 def test_a_plan_a_little_late_keeps_the_grid_point():
-    sch = schedule()
-    ts = tasks(2)
-    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
-    started(sch, ts, live - sch.grid_us)
-    drain(sch, NOW)
+    sch, live = caught_up(2)
     slightly = sch.next_due_us() + sch.late_grid_us - 1000  # less than LATE_FRACTION of a step late
     reads = sch.plan(slightly, 10)
     assert [r.end_us for r in reads] == [live + sch.grid_us]
 
 
 def test_tasks_of_one_group_planned_apart_within_a_fine_step_share_a_late_end():
-    sch = schedule()
-    ts = tasks(4)
-    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
-    started(sch, ts, live - sch.grid_us)
-    drain(sch, NOW)
+    sch, _live = caught_up(4)
     late = sch.next_due_us() + 2 * sch.late_grid_us + 3_000
     first = sch.plan(late, 10)
     (a,) = first
