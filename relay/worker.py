@@ -439,7 +439,7 @@ class Worker:
         finished it, before any report says so, since the supervisor's generation barrier acts on it."""
         if self.schedule.urgent():
             try:
-                self._write_checkpoints(self.schedule.checkpoints(now_us()))
+                self._write_due(force=False)
             except Exception as exc:  # noqa: BLE001 - kept in memory and written at the next attempt
                 log.warning("writing checkpoints failed: %s: %s", exc.__class__.__name__, exc)
                 return
@@ -456,13 +456,18 @@ class Worker:
             log.warning("writing %d checkpoints failed: %s: %s", len(rows), exc.__class__.__name__, exc)
             self._save_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
 
+    def _write_due(self, force: bool) -> None:
+        """The due positions (all moved ones when forced), awaited; asked for once the save in flight
+        has landed, so what it wrote is not written again."""
+        self._settle_save(block=True)
+        rows = self.schedule.checkpoints(now_us(), force)
+        if rows:
+            self._write_checkpoints(rows)
+
     def save_all(self) -> None:
         """On a graceful stop: every position not yet saved, awaited."""
         try:
-            self._settle_save(block=True)
-            rows = self.schedule.checkpoints(now_us(), force=True)
-            if rows:
-                self._write_checkpoints(rows)
+            self._write_due(force=True)
         except Exception as exc:  # noqa: BLE001 - the next start re-reads those windows; dedup drops them
             log.warning("final checkpoints failed: %s: %s", exc.__class__.__name__, exc)
 
