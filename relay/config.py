@@ -117,7 +117,9 @@ class RelaySection:
     replica_id: str = ""
     window_seconds: float = 10.0
     confidence_seconds: float = 10.0
-    poll_interval_seconds: float = 0.25  # live windows end on this grid: the latency it adds is at most this
+    # Live windows end on this grid: the latency it adds is at most this. While a replica group's reads
+    # carry events it reads on a grid 2.5x finer (relay.schedule.BUSY_FRACTION); an idle one stays on this.
+    poll_interval_seconds: float = 0.25
     checkpoint_interval_seconds: float = 5.0  # how stale a saved position may be (a crash re-reads at most this)
     start_from: str = "earliest"  # earliest | now | lookback:<seconds>
     shutdown_timeout_seconds: float = 30.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from relay import windows
 from relay.model import Task
-from relay.schedule import LIGHT_EVENTS, MAX_READ_EVENTS, MAX_READ_STREAMS, UNKNOWN_EVENTS, Read, Schedule
+from relay.schedule import BUSY_HOLD_S, LIGHT_EVENTS, MAX_READ_EVENTS, MAX_READ_STREAMS, UNKNOWN_EVENTS, Read, Schedule
 
 S = 1_000_000
 NOW = 1_800_000_000 * S  # a fixed wall clock, µs
@@ -261,13 +261,16 @@ def test_thin_traffic_over_many_tasks_keeps_their_shared_read_live():
     ts = tasks(300)
     started(sch, ts, windows.readable_limit(NOW, 10, 0, sch.grid_us) - sch.grid_us)
     drain(sch, NOW, limit=1000)
-    now, widths = NOW, set()
+    now, ends = NOW, []
     for i in range(60):
         now = sch.next_due_us()
-        for r in sch.plan(now, 100):
-            sch.done(r, {r.keys[i % len(r.keys)]: 1}, now)  # one event somewhere in each read
-            widths.add(r.end_us - r.start_us)
-    assert widths == {sch.grid_us}
+        reads = sch.plan(now, 100)
+        assert len(reads) == 1 and len(reads[0].keys) == 300, "one shared read per step"
+        sch.done(reads[0], {reads[0].keys[i % 300]: 1}, now)  # one event somewhere in each read
+        ends.append(reads[0].end_us)
+    # The first event moved the group to the busy grid; it stays there while events keep coming.
+    assert all(e % sch.busy_grid_us == 0 for e in ends[1:])
+    assert {b - a for a, b in zip(ends[1:], ends[2:], strict=False)} == {sch.busy_grid_us}
 
 
 def test_a_read_too_large_sends_its_tasks_alone_and_a_lone_one_narrower():
@@ -337,3 +340,46 @@ def test_tasks_of_one_group_planned_apart_within_a_fine_step_share_a_late_end():
     sch.released(half, late)
     (b,) = sch.plan(late + 20_000, 10)
     assert b.keys == a.keys[:2] and b.end_us == a.end_us
+
+
+def test_a_group_carrying_events_reads_on_the_busy_grid_until_it_has_been_silent_a_while():
+    sch, live = caught_up(4)
+    assert sch.busy_grid_us < sch.grid_us
+    now = sch.next_due_us()
+    (r,) = sch.plan(now, 10)
+    assert r.end_us == live + sch.grid_us, "silent so far: the grid"
+    sch.done(r, {r.keys[0]: 3}, now)
+    events_at = r.end_us
+    nxt = sch.next_due_us()
+    assert nxt == windows.next_readable_at(r.end_us, 10, 0, sch.busy_grid_us), "due at the busy grid's next point"
+    ends = [r.end_us]
+    while nxt is not None and nxt < events_at + 10 * S + 2 * BUSY_HOLD_S * S:
+        (r,) = sch.plan(nxt, 10)
+        assert len(r.keys) == 4
+        sch.done(r, {}, nxt)  # silent from now on
+        ends.append(r.end_us)
+        nxt = sch.next_due_us()
+    steps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    busy = [s for s, e in zip(steps, ends[1:], strict=False) if e <= events_at + BUSY_HOLD_S * S]
+    # (the first busy step may be shorter: it ends at the busy grid's first point after the grid's)
+    assert busy and all(s == sch.busy_grid_us for s in busy[1:]) and busy[0] <= sch.busy_grid_us
+    assert len(busy) >= BUSY_HOLD_S * S // sch.busy_grid_us - 1, "busy for BUSY_HOLD_S after the last event"
+    assert all(e % sch.grid_us == 0 for e in ends[-4:]) and steps[-3:] == [sch.grid_us] * 3, \
+        "silent for BUSY_HOLD_S: back on the grid"
+
+
+def test_only_the_replica_group_carrying_events_reads_on_the_busy_grid():
+    sch = schedule(group_of=lambda t: t.task_id % 2)
+    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
+    started(sch, tasks(6), live - sch.grid_us)
+    drain(sch, NOW)
+    ends: dict[int, list[int]] = {0: [], 1: []}
+    for _ in range(40):
+        now = sch.next_due_us()
+        for r in sch.plan(now, 10):
+            group = r.keys[0][2] % 2
+            assert r.group == group and {k[2] % 2 for k in r.keys} == {group}
+            sch.done(r, {r.keys[0]: 1} if group == 0 else {}, now)
+            ends[group].append(r.end_us)
+    assert all(e % sch.busy_grid_us == 0 for e in ends[0][1:]) and len(ends[0]) > len(ends[1])
+    assert all(e % sch.grid_us == 0 for e in ends[1]), "a silent group keeps the grid: idle cost is unchanged"
