@@ -15,7 +15,8 @@ vnodes, 4 shards each; one task per vnode). In that one process, in order:
    name, so each point's records land in a topic of their own (created beforehand with
    `message.timestamp.type=LogAppendTime`); then relay has confidence + window + DRAIN_S to
    publish the rest before the next point starts. A point's rate may be a rule over the points
-   before it (`half_of_achieved`: half of what the writers reached at an earlier point).
+   before it (`half_of_achieved`: half of what the writers reached at an earlier point: the
+   'half' point asks half of the 'max' point's achieved rate, the max rate of the pipeline here).
 
 Latency of a record = broker append time − its `cdc_time` header (the outbox write's
 timestamp, µs); both clocks are this machine's. An event not delivered by the end counts as

@@ -29,7 +29,7 @@ def summary(results: dict) -> dict:
     idle = live.get("idle") or {}
     half = live.get("points", {}).get("half", {})
     low = live.get("points", {}).get("low", {})
-    half_written = live.get("points", {}).get("half_written", {})
+    top = live.get("points", {}).get("max", {})
     at_768 = shape.get("vnodes") == 768
     disc = results.get("discovery", {})
     sup = results.get("supervisor_loop", {})
@@ -73,7 +73,7 @@ def summary(results: dict) -> dict:
         "confidence_s": shape.get("confidence_s"),
         **_point_keys("latency_768", half if at_768 else {}),
         **_point_keys("latency_768_low_rate", low if at_768 else {}),
-        **_point_keys("latency_768_half_written", half_written if at_768 else {}),
+        **_point_keys("latency_768_max", top if at_768 else {}),
         # the same figures for whatever the live run's size was (smoke: a few vnodes)
         "latency_p50_s": half.get("p50_s"),
         "latency_p95_s": half.get("p95_s"),

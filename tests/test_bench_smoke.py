@@ -31,13 +31,14 @@ def test_benchmark_smoke_run(tmp_path, cql, kafka_bootstrap, redis_url):
     # the live run measured idle cost and both latency points, with the load from processes of its own
     assert data["idle_cpu_cores"] is not None and data["idle_reads_per_s"] > 0
     points = data["details"]["live"]["points"]
-    assert set(points) == {"half", "half_written", "low"}
+    assert set(points) == {"max", "half", "low"}
     assert all(p["complete"] and p["loadgen_processes"] >= 1 and p["achieved_rate"] for p in points.values())
     # where a window's time went at each point: its read and its events' acks (means from relay's histograms)
     assert all(p["cost"]["read_mean_ms"] > 0 and p["cost"]["ack_mean_ms"] > 0 for p in points.values())
-    # 'half_written' asks half of what the 'half' writers reached
-    assert points["half_written"]["asked_rate"] == pytest.approx(points["half"]["achieved_rate"] / 2, rel=0.01)
-    assert "latency_768_half_written_p99_s" in data
+    # 'max' asks for relay's best drain rate; 'half' asks half of what the 'max' writers reached
+    assert points["max"]["asked_rate"] == pytest.approx(max(data["relay_events_per_s"].values()), rel=0.01)
+    assert points["half"]["asked_rate"] == pytest.approx(points["max"]["achieved_rate"] / 2, rel=0.01)
+    assert "latency_768_max_p99_s" in data and "latency_768_max_p99_over_confidence_s" in data["targets"]
     assert set(data["relay_events_per_s"]) == {"1", "2"}
     assert all(rate > 0 for rate in data["relay_events_per_s"].values())
     assert data["all_delivered"] is True
