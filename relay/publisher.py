@@ -161,6 +161,10 @@ class Publisher:
         self._window: _Window | None = None  # the window whose reports may still arrive
         self._acks_seen = 0  # for sampling latencies
         self.admin = None
+        # Built now, not on the first window: a window's first record for a topic waits for the
+        # topic's check and its max.message.bytes (relay.publisher._prepare), and a new client's
+        # bootstrap added ~0.15 s to that window on a loaded machine (make bench, first point).
+        self._admin()
         self.batch_size = self._wanted_batch_size()
         self.producer = self._make_producer()
 
