@@ -106,6 +106,7 @@ class Schedule:
     _urgent: set[tuple[str, int]] = field(default_factory=set)  # partitions to save at once
     _unstarted: set[TaskKey] = field(default_factory=set)
     _busy_until: dict[tuple[str, int, Hashable], int] = field(default_factory=dict)  # group → wall time
+    _busy_swept_us: int = 0
 
     def __post_init__(self) -> None:
         self.grid_us = max(1000, int(self.grid_s * 1_000_000) // 1000 * 1000)
@@ -223,6 +224,11 @@ class Schedule:
             return []
         groups: dict[Hashable, tuple[int, Hashable, list[TaskState]]] = {}  # read key -> (end, group, tasks)
         order: list[Hashable] = []
+        if now_us - self._busy_swept_us >= BUSY_HOLD_S * 1_000_000:
+            # A group that is never planned again (its generation ended, its tasks were revoked, its
+            # replica set changed) would keep its entry: sweep the expired ones now and then.
+            self._busy_until = {g: u for g, u in self._busy_until.items() if u > now_us}
+            self._busy_swept_us = now_us
         limits = {grid: self._limit(now_us, grid) for grid in (self.grid_us, self.busy_grid_us)}
         grid_of: dict[tuple[str, int, Hashable], int] = {}
         heap, states = self._heap, self.states
@@ -333,10 +339,10 @@ class Schedule:
     def _limit(self, now_us: int, grid_us: int) -> int:
         """The newest end a live window may have on `grid_us`. Planned well past its grid point (the
         loop was busy, or the last read was slow), a window ends on the newest point of a finer grid
-        (a fifth of a step), not at the grid point before it, which would leave up to a step of
-        readable rows for one more round trip. Tasks planned in separate calls within one fine step
-        still share an end (and merge again). At most one read per grid step still: the next is due
-        at the next grid point, where windows realign."""
+        (`late_grid_us`: a fifth of the grid's step, half the busy grid's), not at the grid point
+        before it, which would leave up to a step of readable rows for one more round trip. Tasks
+        planned in separate calls within one fine step still share an end (and merge again). At most
+        one read per grid step still: the next is due at the next grid point, where windows realign."""
         limit = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, grid_us)
         fine = windows.readable_limit(now_us, self.confidence_s, self.clock_ahead_s, self.late_grid_us)
         return fine if fine - limit >= self.late_grid_us else limit

@@ -383,3 +383,16 @@ def test_only_the_replica_group_carrying_events_reads_on_the_busy_grid():
             ends[group].append(r.end_us)
     assert all(e % sch.busy_grid_us == 0 for e in ends[0][1:]) and len(ends[0]) > len(ends[1])
     assert all(e % sch.grid_us == 0 for e in ends[1]), "a silent group keeps the grid: idle cost is unchanged"
+
+
+def test_the_busy_state_of_groups_no_longer_planned_is_forgotten():
+    sch = schedule(group_of=lambda t: t.task_id)
+    live = windows.readable_limit(NOW, 10, 0, sch.grid_us)
+    for gen in range(50):  # each generation's groups carry events, then its tasks go to another worker
+        ts = tasks(20, gen=GEN + gen)
+        started(sch, ts, live - sch.grid_us)
+        for r in sch.plan(NOW + gen * S, 100):
+            sch.done(r, {k: 1 for k in r.keys}, NOW + gen * S)
+        sch.assign([], NOW + gen * S)
+    sch.plan(NOW + 60 * S, 100)
+    assert not sch._busy_until
