@@ -230,7 +230,6 @@ class Schedule:
             self._busy_until = {g: u for g, u in self._busy_until.items() if u > now_us}
             self._busy_swept_us = now_us
         limits = {grid: self._limit(now_us, grid) for grid in (self.grid_us, self.busy_grid_us)}
-        grid_of: dict[tuple[str, int, Hashable], int] = {}
         heap, states = self._heap, self.states
         while heap and heap[0][0] <= now_us:
             due, _, key = heapq.heappop(heap)
@@ -239,9 +238,7 @@ class Schedule:
                 continue  # a stale heap entry
             t = st.task
             rg = (t.table, t.generation_us, self.group_of(t))
-            grid = grid_of.get(rg)
-            if grid is None:
-                grid = grid_of[rg] = self._grid_of(rg, now_us)
+            grid = self._grid_of(rg, now_us)
             end = windows.window_end(st.position_us, st.window_s, limits[grid], st.goal_us)
             if end is None:
                 if st.goal_us is not None and st.position_us >= st.goal_us:
@@ -328,13 +325,7 @@ class Schedule:
 
     # ------------------------------------------------------------ internals
     def _grid_of(self, group: tuple[str, int, Hashable], now_us: int) -> int:
-        until = self._busy_until.get(group)
-        if until is None:
-            return self.grid_us
-        if until <= now_us:
-            del self._busy_until[group]
-            return self.grid_us
-        return self.busy_grid_us
+        return self.busy_grid_us if self._busy_until.get(group, 0) > now_us else self.grid_us
 
     def _limit(self, now_us: int, grid_us: int) -> int:
         """The newest end a live window may have on `grid_us`. Planned well past its grid point (the
